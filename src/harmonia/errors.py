@@ -1,0 +1,25 @@
+"""Errors caused by what the user gave us (configs, paths, data).
+
+The CLI prints them as one line and exits with code 2, without a traceback; anything
+else escaping is a bug in harmonia and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HarmoniaError(Exception):
+    """Base class for user-facing errors: the message alone must say what is wrong and where."""
+
+    exit_code: int = 2
+
+
+class ConfigError(HarmoniaError):
+    """A config field is missing, unknown, or has an invalid value."""
+
+
+class DataError(HarmoniaError):
+    """Source data or a built dataset is missing or unreadable."""
+
+
+class CheckpointError(HarmoniaError):
+    """A checkpoint or model directory is missing, tampered with, or does not match."""
