@@ -1,0 +1,1 @@
+"""The reference trainer: config sections, the loop, checkpoints, schedule, logging, signals."""

@@ -1,0 +1,53 @@
+"""NaN/Inf guard: a step whose loss or gradient is not finite is skipped, not applied."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from harmonia.errors import HarmoniaError
+
+
+class TrainingDiverged(HarmoniaError):
+    """Too many consecutive steps had non-finite losses or gradients; the run stopped."""
+
+    exit_code = 3
+
+
+class BadStepGuard:
+    """Counts non-finite steps; `update` says when ``limit`` have come in a row."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.consecutive = 0
+        self.total = 0
+
+    @staticmethod
+    def is_finite(values: Iterable[float]) -> bool:
+        """True when every value (losses, gradient norm) is a finite number."""
+        return all(math.isfinite(v) for v in values)
+
+    def update(self, ok: bool) -> bool:
+        """Record whether a step was good; True once ``limit`` bad steps have come in a row."""
+        if ok:
+            self.consecutive = 0
+            return False
+        self.consecutive += 1
+        self.total += 1
+        return self.consecutive >= self.limit
+
+    def error(self, step: int, checkpoint: object) -> TrainingDiverged:
+        """The error that stops the run, saying where the last good state was saved."""
+        return TrainingDiverged(
+            f"stopped at step {step}: {self.consecutive} consecutive steps had a non-finite loss "
+            f"or gradient; last good state saved in {checkpoint} (lower optim.lr or check the data)"
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        """Counters to save with a checkpoint."""
+        return {"consecutive": self.consecutive, "total": self.total}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore counters saved by `state_dict`."""
+        self.consecutive = int(state["consecutive"])
+        self.total = int(state["total"])
