@@ -1,0 +1,17 @@
+"""Cross-modality gradient harmonization: measure and realign, per sample, the gradients of
+several losses that share an anchor representation.
+
+Entry point: `Harmonizer` (`harmonia.harmonization.harmonizer`). Methods live one per file in
+`harmonia.harmonization.methods`; the contract a curriculum implements is
+`harmonia.harmonization.protocols.CurriculumLike`. This package never imports harmonia.models.
+"""
+
+from __future__ import annotations
+
+from harmonia.harmonization.harmonizer import Harmonizer
+from harmonia.harmonization.methods import METHODS, Method
+from harmonia.harmonization.protocols import CurriculumLike
+from harmonia.harmonization.spaces import SPACES
+from harmonia.harmonization.stats import HarmonizerStats
+
+__all__ = ["METHODS", "SPACES", "CurriculumLike", "Harmonizer", "HarmonizerStats", "Method"]

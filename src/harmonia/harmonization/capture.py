@@ -1,0 +1,137 @@
+"""Recording, during the anchor's forward, what exact per-sample parameter Grams need.
+
+Inside ``with Capture(encoder):`` every submodule of the encoder that owns parameters records each
+of its calls: the inputs (references to tensors autograd keeps anyway) and the gradient edges of
+its outputs. Edges are taken at call time, so later in-place changes of an output do not move
+them; calls whose outputs the anchor does not depend on (a shared backbone running the other
+modalities) simply receive no gradient later and are ignored. Hooks live only inside the
+context; records live until the Harmonizer's backward consumes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.utils._pytree import tree_flatten
+from torch.utils.hooks import RemovableHandle
+
+COMPOSITE: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+"""Modules that use their children's parameters in their own forward: handled as one unit."""
+
+
+@dataclass
+class Call:
+    """One call of a parameter-owning module during the captured forward."""
+
+    module: nn.Module
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    outputs: list[Tensor]
+    """The call's tensor outputs that require grad (detached; kept only where `Capture` was told
+    to keep them, since holding every output would raise peak memory); else their shapes only."""
+    shapes: list[torch.Size]
+    positions: list[int]
+    """Where ``outputs`` sit among the flattened leaves of the call's return value."""
+    edges: list[GradientEdge]
+    """Gradient edges of ``outputs`` at call time."""
+
+
+@dataclass
+class Capture:
+    """Hooks on an encoder's parameter-owning submodules while the context is active."""
+
+    encoder: nn.Module
+    record: bool = True
+    keep_outputs: Callable[[nn.Module], bool] = lambda module: True
+    calls: list[Call] = field(default_factory=list)
+    _handles: list[RemovableHandle] = field(default_factory=list)
+
+    def __enter__(self) -> Capture:
+        if self.record:
+            check_no_sample_mixing(self.encoder)
+            for name, module in owners(self.encoder):
+                self._handles.append(
+                    module.register_forward_hook(self._hook(name), with_kwargs=True)
+                )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str) -> Any:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        ) -> None:
+            leaves, _ = tree_flatten(output)
+            positions = [
+                i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.requires_grad
+            ]
+            if not positions:
+                return
+            outputs = [leaves[i] for i in positions]
+            edges = [get_gradient_edge(t) for t in outputs]
+            shapes = [t.shape for t in outputs]
+            kept = [t.detach() for t in outputs] if self.keep_outputs(module) else []
+            self.calls.append(
+                Call(module, name, args, dict(kwargs), kept, shapes, positions, edges)
+            )
+
+        return hook
+
+    def clear(self) -> None:
+        """Drop every record (and with it the references to activations)."""
+        self.calls.clear()
+
+
+def owners(encoder: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The submodules whose calls are recorded: every module owning trainable parameters.
+
+    A `COMPOSITE` module stands for its whole subtree (it uses its children's weights itself).
+    """
+    found: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        if isinstance(module, COMPOSITE):
+            if any(p.requires_grad for p in module.parameters()):
+                found.append((prefix, module))
+            return
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            found.append((prefix, module))
+        for child_name, child in module.named_children():
+            visit(f"{prefix}.{child_name}" if prefix else child_name, child)
+
+    visit("", encoder)
+    return found
+
+
+def unit_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The trainable parameters a recorded module is responsible for."""
+    recurse = isinstance(module, COMPOSITE)
+    return {n: p for n, p in module.named_parameters(recurse=recurse) if p.requires_grad}
+
+
+def check_no_sample_mixing(encoder: nn.Module) -> None:
+    """Reject modules known to couple the samples of a batch (per-sample gradients undefined)."""
+    for name, module in encoder.named_modules():
+        where = name or type(encoder).__name__
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            module.training or module.running_mean is None
+        ):
+            raise ValueError(
+                f"{where} ({type(module).__name__}) normalizes with batch statistics, which mixes "
+                "the samples of a batch, so per-sample parameter gradients are not defined: use "
+                "space='embedding' or 'batch', put it in eval mode, or use LayerNorm/GroupNorm"
+            )
+        if isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
+            raise ValueError(
+                f"{where} (Embedding with scale_grad_by_freq) scales gradients by counts over the "
+                "whole batch, which mixes samples: use space='embedding' or 'batch'"
+            )

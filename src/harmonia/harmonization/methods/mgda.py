@@ -1,0 +1,36 @@
+"""``mgda``: the minimum-norm point of the gradients' convex hull (a common descent direction).
+
+Désidéri, "Multiple-gradient descent algorithm (MGDA) for multiobjective optimization",
+Comptes Rendus Mathematique 2012; Sener, Koltun, "Multi-Task Learning as Multi-Objective
+Optimization", NeurIPS 2018.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from harmonia.harmonization.methods.active_set import simplex_min_norm
+from harmonia.harmonization.methods.base import Combination, Method
+
+STATIONARY = 1e-12
+"""A sample counts as Pareto-stationary when its min-norm point is this small (relative)."""
+
+
+class MGDA(Method):
+    """MGDA per sample, solved exactly (not by Frank-Wolfe) from the Gram matrix.
+
+    ``w = argmin_{w in simplex} |sum_k w_k g_k|``; the direction decreases every loss of the
+    sample (or is zero at a Pareto-stationary sample). Coefficients are ``M w`` so that ``M``
+    identical gradients give their plain sum, keeping the step size comparable to ``none``.
+    """
+
+    name = "mgda"
+
+    def combine(self, gram: Tensor, generator: torch.Generator) -> Combination:
+        weights = simplex_min_norm(gram)
+        tasks = gram.shape[-1]
+        norm2 = ((weights @ gram) * weights).sum(-1)
+        scale = gram.diagonal(dim1=1, dim2=2).amax(dim=-1)
+        stationary = (norm2 <= STATIONARY * scale).sum()
+        return Combination(tasks * weights, {"stationary": stationary})

@@ -1,0 +1,101 @@
+"""What one harmonized backward measured and did, ready for logging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import torch
+from torch import Tensor
+
+
+def pair_names(names: tuple[str, ...]) -> list[tuple[int, int, str]]:
+    """Every unordered pair of losses as ``(j, k, "name_j~name_k")`` with ``j < k``."""
+    return [(j, k, f"{names[j]}~{names[k]}") for j, k in combinations(range(len(names)), 2)]
+
+
+def cosines_from_gram(gram: Tensor) -> Tensor:
+    """Pairwise cosines ``[B, M, M]``; 0 where a gradient is exactly zero (no direction)."""
+    norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
+    denom = norms[:, :, None] * norms[:, None, :]
+    return gram / denom.clamp_min(torch.finfo(gram.dtype).tiny)
+
+
+@dataclass(frozen=True)
+class HarmonizerStats:
+    """Per-sample measurements of one step (tensors stay on their device until read).
+
+    ``gram`` is the float64 Gram batch ``[B, M, M]`` the method saw (in batch space ``B`` is 1:
+    the whole batch is one "sample"); ``coefficients`` ``[B, M]`` what the method returned;
+    ``weights`` ``[B]`` the curriculum weights (ones without a curriculum).
+    """
+
+    names: tuple[str, ...]
+    space: str
+    method: str
+    gram: Tensor
+    coefficients: Tensor
+    weights: Tensor
+    info: dict[str, Tensor] = field(default_factory=dict)
+    sample_ids: tuple[str, ...] | None = None
+
+    @property
+    def cosines(self) -> Tensor:
+        """Pairwise cosines between the losses' gradients, ``[B, M, M]``."""
+        return cosines_from_gram(self.gram)
+
+    @property
+    def cosine(self) -> Tensor:
+        """``[B]`` for two losses (their cosine), else ``[B, M, M]`` (all pairs)."""
+        cos = self.cosines
+        return cos[:, 0, 1] if len(self.names) == 2 else cos
+
+    @property
+    def norms(self) -> Tensor:
+        """Per-sample gradient norm of each loss, ``[B, M]``."""
+        return self.gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
+
+    @property
+    def score(self) -> Tensor:
+        """Per-sample conflict score ``[B]``: the smallest pairwise cosine (low = conflicting)."""
+        cos = self.cosines
+        tasks = cos.shape[-1]
+        upper = torch.triu_indices(tasks, tasks, offset=1, device=cos.device)
+        return cos[:, upper[0], upper[1]].amin(dim=-1)
+
+    @property
+    def conflict_fraction(self) -> dict[str, float]:
+        """For each pair ``"a~b"``, the fraction of samples whose two gradients conflict (cos < 0)."""
+        cos = self.cosines
+        return {
+            name: float((cos[:, j, k] < 0).double().mean()) for j, k, name in pair_names(self.names)
+        }
+
+    def to_metrics(self) -> dict[str, float]:
+        """Flat floats for a logger: ``conflict/<a>~<b>/fraction``, ``.../mean_cos``, and so on."""
+        cos = self.cosines.double()
+        metrics: dict[str, float] = {}
+        for j, k, name in pair_names(self.names):
+            pair = cos[:, j, k]
+            metrics[f"conflict/{name}/fraction"] = float((pair < 0).double().mean())
+            metrics[f"conflict/{name}/mean_cos"] = float(pair.nanmean())
+        metrics["conflict/score_mean"] = float(self.score.double().nanmean())
+        norms = self.norms.double()
+        for k, name in enumerate(self.names):
+            metrics[f"grad_norm/{name}"] = float(norms[:, k].nanmean())
+        metrics["curriculum/kept_fraction"] = float((self.weights > 0).double().mean())
+        metrics["curriculum/mean_weight"] = float(self.weights.double().mean())
+        for key, value in self.info.items():
+            metrics[f"harmonizer/{key}"] = float(value)
+        return metrics
+
+    def histogram(self, bins: int = 40) -> dict[str, list[int]]:
+        """For each pair ``"a~b"``, counts of the per-sample cosines in ``bins`` equal bins on [-1, 1]."""
+        cos = self.cosines.double().clamp(-1.0, 1.0)
+        out = {}
+        for j, k, name in pair_names(self.names):
+            pair = cos[:, j, k]
+            pair = pair[~pair.isnan()]
+            counts = torch.histc(pair.cpu(), bins=bins, min=-1.0, max=1.0)
+            out[name] = [int(c) for c in counts.tolist()]
+        return out
