@@ -1,0 +1,257 @@
+"""ModelConfig: one validated object describing a VATT model (modalities, backbone, spaces).
+
+Everything that names a modality lives here, in data: the model code loops over
+``config.modalities`` and ``config.spaces``, so a fourth modality (say a second video stream of
+kind ``video``) or a new size is a config change. Configs convert from plain mappings (YAML,
+JSON) with `harmonia.config.from_dict`, which names the offending key in its error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from harmonia.config import (
+    FieldError,
+    check,
+    deep_merge,
+    from_dict,
+    require_positive,
+    require_range,
+    suggest,
+    to_dict,
+)
+from harmonia.errors import ConfigError
+
+ModalityKind = Literal["video", "audio", "text"]
+FEATURE = "feature"
+"""A head's ``source`` meaning the modality's pooled backbone feature (not another space)."""
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    """One input modality: its kind and the kind's tokenizer settings.
+
+    ``shape`` is one sample's input shape as the collated batch holds it (video
+    ``(frames, height, width, channels)``, audio ``(samples,)``); ``patch`` the patch the raw
+    signal is cut into (video ``(t, h, w)``, audio ``(samples,)``). Text uses ``max_length``
+    (words kept per caption). Video pixels become ``(x / 255 - mean) / std``.
+    """
+
+    kind: ModalityKind
+    shape: tuple[int, ...] = ()
+    patch: tuple[int, ...] = ()
+    drop_token: float = 0.0
+    """Fraction of tokens DropToken removes per sample in training mode (video/audio)."""
+    max_length: int | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    def validate(self) -> None:
+        if self.kind == "text":
+            check(self.shape == () and self.patch == (), "shape", "text takes no shape or patch")
+            check(self.drop_token == 0.0, "drop_token", "DropToken applies to video and audio only")
+            check(
+                self.max_length is not None,
+                "max_length",
+                "text needs max_length (words per caption)",
+            )
+            require_positive(self, "max_length")
+        else:
+            self._validate_signal()
+        if self.kind == "video":
+            check(
+                self.mean is not None and self.std is not None, "mean", "video needs mean and std"
+            )
+            require_positive(self, "std")
+        else:
+            check(
+                self.mean is None and self.std is None,
+                "mean",
+                "mean/std are only used by kind video",
+            )
+
+    def _validate_signal(self) -> None:
+        video = self.kind == "video"
+        want = "(frames, height, width, channels)" if video else "(samples,)"
+        check(
+            len(self.shape) == (4 if video else 1),
+            "shape",
+            f"expected {want}, got {list(self.shape)}",
+        )
+        for i, size in enumerate(self.shape):
+            check(size > 0, f"shape[{i}]", f"expected a positive integer, got {size}")
+        n_patch = len(self.shape) - 1 if video else 1
+        check(
+            len(self.patch) == n_patch, "patch", f"expected {n_patch} sizes, got {list(self.patch)}"
+        )
+        for i, (size, step) in enumerate(zip(self.shape, self.patch, strict=False)):
+            check(step > 0, f"patch[{i}]", f"expected a positive integer, got {step}")
+            check(size % step == 0, f"patch[{i}]", f"{step} does not divide shape[{i}] = {size}")
+        require_range(self, "drop_token", 0.0, 1.0, high_open=True)
+        check(self.max_length is None, "max_length", f"only used by kind text, not {self.kind}")
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of patches along each patched axis (empty for text)."""
+        return tuple(size // step for size, step in zip(self.shape, self.patch, strict=False))
+
+    @property
+    def patch_values(self) -> int:
+        """Raw values in one patch (video: t*h*w*channels; audio: samples)."""
+        n = 1
+        for step in self.patch:
+            n *= step
+        return n * (self.shape[-1] if self.kind == "video" else 1)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The pre-LN transformer: one shared by all modalities (the paper's setting) or one each."""
+
+    kind: Literal["modality_agnostic", "modality_specific"] = "modality_agnostic"
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        require_positive(self, "width", "depth", "heads", "mlp_ratio")
+        require_range(self, "dropout", 0.0, 1.0, high_open=True)
+        check(
+            self.width % self.heads == 0,
+            "heads",
+            f"{self.heads} heads must divide width {self.width}",
+        )
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """How one modality reaches a common space: from its feature or from another space."""
+
+    kind: Literal["linear", "mlp"] = "linear"
+    source: str = FEATURE
+    """``feature`` (the pooled backbone output) or the name of a space the modality is in."""
+    hidden: int | None = None
+    """Hidden width of an ``mlp`` head (default: the space's dim)."""
+
+    def validate(self) -> None:
+        check(
+            self.hidden is None or self.kind == "mlp",
+            "hidden",
+            "only an mlp head has a hidden width",
+        )
+        if self.hidden is not None:
+            require_positive(self, "hidden")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """A common embedding space (VATT's FAC): its width and a head per member modality."""
+
+    dim: int
+    heads: dict[str, HeadConfig]
+
+    def validate(self) -> None:
+        require_positive(self, "dim")
+        check(len(self.heads) >= 1, "heads", "a space needs at least one modality")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole VATT model. Build one with `ModelConfig.named` or `ModelConfig.from_dict`."""
+
+    modalities: dict[str, ModalityConfig]
+    backbone: BackboneConfig
+    spaces: dict[str, SpaceConfig]
+    anchor: str = "video"
+    """The modality whose pooled feature is `out.anchor` (shared by the losses; harmonized)."""
+
+    def validate(self) -> None:
+        names = list(self.modalities)
+        check(len(names) >= 1, "modalities", "expected at least one modality")
+        check(self.anchor in self.modalities, "anchor", _unknown(self.anchor, names, "modality"))
+        for space, sc in self.spaces.items():
+            for modality, head in sc.heads.items():
+                key = f"spaces.{space}.heads.{modality}"
+                check(modality in self.modalities, key, _unknown(modality, names, "modality"))
+                if head.source != FEATURE:
+                    src = self.spaces.get(head.source)
+                    check(
+                        src is not None and modality in src.heads,
+                        f"{key}.source",
+                        f"expected '{FEATURE}' or a space holding {modality}; got {head.source!r}",
+                    )
+        self.space_order()
+        in_space = any(self.anchor in sc.heads for sc in self.spaces.values())
+        check(in_space or not self.spaces, "anchor", f"{self.anchor!r} is in no space")
+
+    def check(self) -> None:
+        """Validate the whole tree (for configs built in Python); raises ConfigError."""
+        parts: list[tuple[str, Any]] = [("backbone.", self.backbone), ("", self)]
+        parts += [(f"modalities.{n}.", m) for n, m in self.modalities.items()]
+        for space, sc in self.spaces.items():
+            parts.append((f"spaces.{space}.", sc))
+            parts += [(f"spaces.{space}.heads.{m}.", h) for m, h in sc.heads.items()]
+        for prefix, part in parts:
+            try:
+                part.validate()
+            except FieldError as err:
+                raise ConfigError(f"model config: {prefix}{err.key}: {err.message}") from None
+
+    def space_order(self) -> list[str]:
+        """Spaces in an order where every head's source space comes first (raises on cycles)."""
+        order: list[str] = []
+        pending = dict(self.spaces)
+        while pending:
+            ready = [
+                name
+                for name, sc in pending.items()
+                if all(h.source == FEATURE or h.source in order for h in sc.heads.values())
+            ]
+            check(bool(ready), "spaces", f"head sources form a cycle among {sorted(pending)}")
+            for name in ready:
+                order.append(name)
+                del pending[name]
+        return order
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-ready data that `from_dict` reads back equal."""
+        data: dict[str, Any] = to_dict(self)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Convert and validate a plain mapping; errors name the key (ConfigError)."""
+        return from_dict(cls, data)
+
+    @classmethod
+    def named(cls, size: str, **overrides: Any) -> ModelConfig:
+        """A shipped size (``tiny``, ``small``, ``base``) with nested overrides merged in.
+
+        Example: ``ModelConfig.named("tiny", backbone={"depth": 4},
+        modalities={"video": {"drop_token": 0.5}})``.
+        """
+        from harmonia.models.sizes import SIZES
+
+        if size not in SIZES:
+            near = suggest(size, list(SIZES))
+            hint = f" (did you mean {near!r}?)" if near else ""
+            raise ConfigError(f"model size: unknown size {size!r}{hint}; known: {', '.join(SIZES)}")
+        return cls.from_dict(deep_merge(SIZES[size], overrides))
+
+
+def _unknown(value: str, known: list[str], what: str) -> str:
+    return f"unknown {what} {value!r}; known: {', '.join(known)}"
+
+
+__all__ = [
+    "FEATURE",
+    "BackboneConfig",
+    "HeadConfig",
+    "ModalityConfig",
+    "ModelConfig",
+    "SpaceConfig",
+]
