@@ -1,0 +1,179 @@
+"""`harmonia data build | info | verify`: make, inspect and check AV-MNIST-T."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from harmonia.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("data", help="build, fetch and inspect the AV-MNIST-T dataset")
+    one_line_errors(parser)
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    build = sub.add_parser("build", help="build AV-MNIST-T shards from MNIST + FSDD")
+    one_line_errors(build)
+    build.add_argument("--out", required=True, help="output dataset directory")
+    add_source_option(build)
+    add_build_options(build)
+    build.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    build.add_argument(
+        "--workers", type=int, default=None, help="render processes (default: CPUs, max 8)"
+    )
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=run_build)
+
+    info = sub.add_parser("info", help="print a built dataset's summary")
+    one_line_errors(info)
+    info.add_argument("dir", help="dataset directory")
+    info.add_argument("--json", action="store_true", help="print summary.json as is")
+    info.set_defaults(func=run_info)
+
+    verify = sub.add_parser("verify", help="re-hash every shard member against the index")
+    one_line_errors(verify)
+    verify.add_argument("dir", help="dataset directory")
+    verify.set_defaults(func=run_verify)
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make argparse report a bad option as one line (exit 2) instead of usage + message."""
+
+    def error(message: str) -> None:
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error  # type: ignore[method-assign,assignment]
+
+
+def add_source_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="source directory (mnist/ + fsdd/recordings/), or 'builtin'; "
+        "default: $HARMONIA_DATA, then the fetch cache",
+    )
+
+
+def add_build_options(parser: argparse.ArgumentParser) -> None:
+    """Options of a build, shared by `data build` and `demo` (defaults = the default dataset)."""
+    g = parser.add_argument_group("dataset")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--train", type=int, default=3000, help="training samples")
+    g.add_argument("--val", type=int, default=500, help="validation samples")
+    g.add_argument("--test", type=int, default=500, help="test samples")
+    g.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        default=None,
+        help="put every speaker and image into this one split (size from its option)",
+    )
+    g.add_argument("--noise", type=float, default=0.2, help="fraction of misaligned triplets")
+    g.add_argument(
+        "--noise-mix",
+        default="0.5,0.25,0.25",
+        help="weights TEXT,AUDIO,BOTH of what a misaligned triplet gets wrong",
+    )
+    g.add_argument("--noise-splits", default="train", help="comma-separated splits that get noise")
+    g.add_argument(
+        "--extra", type=int, default=0, help="size of the second, noisier source (split 'extra')"
+    )
+    g.add_argument(
+        "--extra-noise", type=float, default=0.5, help="misaligned fraction of the extra source"
+    )
+    g.add_argument("--shard-size", type=int, default=500, help="samples per shard")
+    g.add_argument("--frames", type=int, default=16)
+    g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
+    g.add_argument("--sample-rate", type=int, default=16000)
+    g.add_argument("--captions", type=int, default=4, help="captions per clip")
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """BuildConfig from parsed options (ConfigError names a bad option)."""
+    from harmonia.data import BuildConfig, MediaSpec
+
+    try:
+        mix = tuple(float(x) for x in args.noise_mix.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--noise-mix must be TEXT,AUDIO,BOTH numbers, got {args.noise_mix!r}"
+        ) from None
+    if len(mix) != 3:
+        raise ConfigError(
+            f"--noise-mix must be three numbers TEXT,AUDIO,BOTH, got {args.noise_mix!r}"
+        )
+    media = MediaSpec(
+        frames=args.frames,
+        fps=args.fps,
+        height=args.size,
+        width=args.size,
+        sample_rate=args.sample_rate,
+        captions_per_clip=args.captions,
+    )
+    return BuildConfig(
+        seed=args.seed,
+        sizes={"train": args.train, "val": args.val, "test": args.test},
+        single_split=args.split,
+        noise=args.noise,
+        noise_mix=(mix[0], mix[1], mix[2]),
+        noise_splits=tuple(s for s in args.noise_splits.split(",") if s),
+        extra=args.extra,
+        extra_noise=args.extra_noise,
+        shard_size=args.shard_size,
+        media=media,
+    )
+
+
+def load_source(name: str | None, *, allow_builtin: bool) -> Any:
+    """Resolve the source and shout if it is the built-in (not speech) fallback."""
+    from harmonia.data import resolve_source
+    from harmonia.data.builtin import WARNING
+
+    source = resolve_source(name, allow_builtin=allow_builtin)
+    if source.kind == "builtin":
+        bar = "!" * 78
+        print(f"{bar}\n{WARNING}\n{bar}", file=sys.stderr)
+    return source
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from harmonia.data import build_dataset, describe
+
+    config = build_config(args)
+    source = load_source(args.source, allow_builtin=False)
+    summary = build_dataset(
+        config,
+        source,
+        args.out,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(describe(summary))
+    print(f"written to {args.out}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from harmonia.data import describe, load_summary
+
+    summary = load_summary(args.dir)
+    print(json.dumps(summary, indent=2) if args.json else describe(summary))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from harmonia.data.verify import verify_dataset
+
+    problems = verify_dataset(args.dir)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: every member matches the index; checksum ok")
+    return 0

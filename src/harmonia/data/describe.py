@@ -1,0 +1,35 @@
+"""Human-readable text of a dataset summary (printed by build, `data info` and the demo)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """A few lines: sizes and noise per split, media spec, bytes, build time, checksum."""
+    media = summary["media"]
+    build = summary.get("build", {})
+    source = build.get("source", {})
+    lines = [
+        f"AV-MNIST-T: {summary['samples']} samples, {summary['bytes'] / 1e6:.1f} MB, "
+        f"built in {build.get('seconds', float('nan')):.1f} s with {build.get('workers', '?')} workers",
+        f"  media: {media['frames']} frames @ {media['fps']} fps, {media['height']}x{media['width']} H.264; "
+        f"{media['audio_samples']} audio samples @ {media['sample_rate']} Hz AAC; "
+        f"{media['captions_per_clip']} captions per clip",
+        f"  source: {source.get('kind', '?')} {source.get('root') or ''} "
+        f"({source.get('mnist_count', '?')} images, {source.get('recordings', '?')} recordings)".rstrip(),
+    ]
+    for name, split in summary["splits"].items():
+        noise = split["noise"]
+        digits = " ".join(f"{d}:{n}" for d, n in split["digits"].items())
+        lines.append(
+            f"  {name:<5} {split['samples']:>6} samples in {len(split['shards'])} shards, "
+            f"speakers {','.join(split['speakers'])}, images [{split['image_range'][0]}, {split['image_range'][1]}), "
+            f"misaligned {noise['misaligned']:.3f} (configured {noise['configured']:.2f}; "
+            f"text {noise['text']:.3f}, audio {noise['audio']:.3f})"
+        )
+        lines.append(f"        digits {digits}")
+    lines.append(f"  checksum {summary['checksum']}")
+    if source.get("warning"):
+        lines.append(f"  {source['warning']}")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Streaming loader: WebDataset pipeline over the shards, for data too large for random access.
+
+Shards are shuffled per epoch (same order on every node and worker), split between nodes
+(torch.distributed rank) and DataLoader workers, read sequentially, decoded, shuffled in a
+buffer and batched. Corrupt members become skip records that ride along with the next batch.
+"""
+
+from __future__ import annotations
+
+import random
+import tarfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset
+
+from harmonia.data.index import load_media_spec, load_summary
+from harmonia.data.samples import CorruptSample, collate, decode_members, is_skip, skip_record
+from harmonia.errors import DataError
+
+
+class StreamingDataset(IterableDataset[dict[str, Any]]):
+    """Iterates batches (batch_size given) or single items (batch_size=None) of some splits.
+
+    Items are as for ShardDataset; batches as `collate` makes them. Call set_epoch(e) before each
+    epoch to change the shard and sample order (like DistributedSampler).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        split: str | Sequence[str] = "train",
+        *,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        buffer: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.spec = load_media_spec(self.root)
+        summary = load_summary(self.root)
+        splits = [split] if isinstance(split, str) else list(split)
+        missing = [s for s in splits if s not in summary["splits"]]
+        if missing:
+            raise DataError(
+                f"{self.root} has no split {missing[0]!r} (has {', '.join(summary['splits'])})"
+            )
+        self.shards: list[str] = [s for name in splits for s in summary["splits"][name]["shards"]]
+        self.num_samples = sum(int(summary["splits"][name]["samples"]) for name in splits)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.buffer = buffer
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        urls = [str(self.root / s) for s in self.shards]
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        stages: list[Any] = [
+            wds.SimpleShardList(urls, seed=self.seed + self.epoch if self.shuffle else None),
+            wds.split_by_node,
+            wds.split_by_worker,
+            self._read_shards,
+            self._decode,
+        ]
+        if self.shuffle and self.buffer > 1:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}")
+            stages.append(wds.shuffle(self.buffer, initial=min(self.buffer, 64), rng=rng))
+        if self.batch_size is not None:
+            stages.append(self._batches)
+        return iter(wds.DataPipeline(*stages))
+
+    def _shard_name(self, url: str) -> str:
+        path = Path(url)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else url
+
+    def _read_shards(self, sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Group tar members by key: {"__key__", "__shard__", ext: bytes}; read errors -> skip records."""
+        for source in sources:
+            shard = self._shard_name(source["url"])
+            current: dict[str, Any] | None = None
+            try:
+                with (
+                    wds.gopen(source["url"], "rb") as stream,
+                    tarfile.open(fileobj=stream, mode="r|") as tar,
+                ):
+                    for info in tar:
+                        if not info.isreg():
+                            continue
+                        key, _, ext = info.name.partition(".")
+                        if current is not None and current["__key__"] != key:
+                            yield current
+                            current = None
+                        if current is None:
+                            current = {"__key__": key, "__shard__": shard}
+                        member = tar.extractfile(info)
+                        current[ext] = member.read() if member is not None else b""
+                        if len(current[ext]) != info.size:
+                            raise tarfile.ReadError(f"{info.name} truncated")
+            except (tarfile.TarError, OSError, EOFError) as err:
+                key = current["__key__"] if current is not None else "?"
+                yield skip_record(key, shard, f"shard unreadable from here on ({err})")
+                current = None
+            if current is not None:
+                yield current
+
+    def _decode(self, groups: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for group in groups:
+            if is_skip(group):
+                yield group
+                continue
+            key, shard = group["__key__"], group["__shard__"]
+            members = {k: v for k, v in group.items() if not k.startswith("__")}
+            try:
+                yield decode_members(key, members, self.spec)
+            except CorruptSample as err:
+                yield skip_record(key, shard, str(err))
+
+    def _batches(self, items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Batches of batch_size decoded samples, each with the skip records met while filling it."""
+        assert self.batch_size is not None
+        pending: list[dict[str, Any]] = []
+        count = 0
+        for item in items:
+            pending.append(item)
+            if not is_skip(item):
+                count += 1
+            if count == self.batch_size:
+                yield collate(pending, self.spec)
+                pending, count = [], 0
+        if pending:
+            yield collate(pending, self.spec)
+
+
+def make_stream_loader(
+    root: Path | str,
+    split: str | Sequence[str] = "train",
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    buffer: int = 256,
+    seed: int = 0,
+) -> DataLoader[dict[str, Any]]:
+    """A DataLoader over a StreamingDataset; batching happens inside the workers."""
+    stream = StreamingDataset(
+        root, split, batch_size=batch_size, shuffle=shuffle, buffer=buffer, seed=seed
+    )
+    return DataLoader(stream, batch_size=None, num_workers=num_workers)
