@@ -24,6 +24,13 @@ def source_location() -> str:
 
 
 @pytest.fixture(scope="session")
+def real_source_dir() -> Path | None:
+    """The real source directory (mnist/ + fsdd/), or None when only the built-in set exists."""
+    location = source_location()
+    return None if location == BUILTIN else Path(location)
+
+
+@pytest.fixture(scope="session")
 def data_source() -> SourceData:
     """The source media (real MNIST + FSDD when available), loaded once."""
     return resolve_source(source_location())

@@ -1,4 +1,4 @@
-"""`harmonia data build | info | verify`: make, inspect and check AV-MNIST-T."""
+"""`harmonia data build | fetch | info | verify`: make, download, inspect and check AV-MNIST-T."""
 
 from __future__ import annotations
 
@@ -27,6 +27,26 @@ def register(subparsers: Any) -> None:
     )
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=run_build)
+
+    fetch = sub.add_parser("fetch", help="download MNIST + FSDD to the cache, verifying SHA-256")
+    one_line_errors(fetch)
+    fetch.add_argument(
+        "--dest",
+        default=None,
+        help="target directory (default: $HARMONIA_CACHE or ~/.cache/harmonia/source)",
+    )
+    fetch.add_argument(
+        "--mnist-url", default=None, help="base URL of the MNIST files (or $HARMONIA_MNIST_URL)"
+    )
+    fetch.add_argument(
+        "--fsdd-url", default=None, help="base URL of the FSDD recordings (or $HARMONIA_FSDD_URL)"
+    )
+    fetch.add_argument(
+        "--only", choices=("mnist", "fsdd"), default=None, help="fetch one of the two"
+    )
+    fetch.add_argument("--jobs", type=int, default=8, help="parallel downloads")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.set_defaults(func=run_fetch)
 
     info = sub.add_parser("info", help="print a built dataset's summary")
     one_line_errors(info)
@@ -155,6 +175,21 @@ def run_build(args: argparse.Namespace) -> int:
     )
     print(describe(summary))
     print(f"written to {args.out}")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from harmonia.data.fetch import fetch_sources
+
+    dest = fetch_sources(
+        args.dest,
+        mnist_url=args.mnist_url,
+        fsdd_url=args.fsdd_url,
+        only=args.only,
+        jobs=args.jobs,
+        progress=not args.quiet,
+    )
+    print(f"sources ready in {dest} (use --source {dest} or set HARMONIA_DATA)")
     return 0
 
 

@@ -8,6 +8,7 @@ Layout of a source directory (what `harmonia data fetch` writes and what ../shar
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import wave
@@ -22,6 +23,8 @@ from harmonia.errors import DataError
 BUILTIN = "builtin"
 ENV_DATA = "HARMONIA_DATA"
 ENV_CACHE = "HARMONIA_CACHE"
+FETCH_STAMP = "FETCHED.json"  # written by `harmonia data fetch` when a part is complete
+FETCH_PARTS = ("mnist", "fsdd")
 _RECORDING = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
 
 
@@ -74,6 +77,8 @@ def resolve_source(
         return load_source_dir(Path(env[ENV_DATA]).expanduser(), origin=f"${ENV_DATA}")
     cache = Path(env[ENV_CACHE]).expanduser() if env.get(ENV_CACHE) else default_cache()
     if cache.is_dir():
+        if not fetch_complete(cache):
+            raise DataError(f"fetch cache {cache} is incomplete (run `harmonia data fetch` again)")
         return load_source_dir(cache, origin="the fetch cache")
     if allow_builtin:
         return load_builtin()
@@ -81,6 +86,15 @@ def resolve_source(
         f"no source data: --source not given, ${ENV_DATA} not set, fetch cache {cache} absent "
         "(run `harmonia data fetch`, pass --source DIR, or --source builtin)"
     )
+
+
+def fetch_complete(root: Path) -> bool:
+    """Whether `harmonia data fetch` finished every part in root."""
+    try:
+        stamp = json.loads((root / FETCH_STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and all(p in stamp.get("parts", {}) for p in FETCH_PARTS)
 
 
 def load_source_dir(root: Path, origin: str = "--source") -> SourceData:
