@@ -1,0 +1,93 @@
+"""`harmonia eval RUN_DIR`: evaluate a trained run's model on a dataset split; table + JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from harmonia.errors import HarmoniaError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `eval` command."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="zero-shot, retrieval, linear-probe and noise-detection metrics of a trained run",
+        description=(
+            "Load RUN_DIR/model, encode a split of a dataset built by `harmonia data build` and "
+            "report zero-shot accuracy, retrieval R@K / median rank (instance- and class-level), "
+            "linear probes (fitted on the train split) and how well the run's ledger finds the "
+            "training set's misaligned samples. Writes RUN_DIR/eval.json unless --json is given."
+        ),
+    )
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a directory written by `harmonia train`"
+    )
+    parser.add_argument(
+        "--data", metavar="DATASET_DIR", help="dataset to evaluate on (default: the run's own)"
+    )
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--train-split", default="train", help="split the linear probes are fitted on"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the results here (default: RUN_DIR/eval.json)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
+    parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument(
+        "--max-eval", type=int, metavar="N", help="evaluate only the first N clips of the split"
+    )
+    parser.add_argument(
+        "--max-train", type=int, metavar="N", help="fit probes on the first N training clips only"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the table, write the JSON."""
+    from harmonia.evaluation.evaluate import evaluate
+    from harmonia.evaluation.report import format_table
+    from harmonia.evaluation.run_dir import RunDir
+    from harmonia.models import VATT
+
+    for name in ("batch_size", "max_eval", "max_train"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise HarmoniaError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.workers < 0:
+        raise HarmoniaError(f"--workers must be >= 0, got {args.workers}")
+    run_dir = RunDir(args.run_dir)
+    model_dir = run_dir.require_model()
+    dataset = Path(args.data) if args.data else run_dir.dataset_dir()
+    if dataset is None:
+        raise HarmoniaError(
+            f"{run_dir.path / 'config.yaml'} records no dataset (data.dir): pass --data DATASET_DIR"
+        )
+    if not dataset.is_dir():
+        raise HarmoniaError(f"dataset directory not found: {dataset}")
+    model = VATT.from_pretrained(model_dir, device=args.device)
+    result = evaluate(
+        model,
+        dataset,
+        args.split,
+        train_split=args.train_split,
+        ledger=run_dir.ledger(),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        max_eval=args.max_eval,
+        max_train=args.max_train,
+        progress=True,
+    )
+    result = {"run": str(run_dir.path), "model": str(run_dir.model_dir), **result}
+    print(format_table(result))
+    out = Path(args.json) if args.json else run_dir.eval_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"\nwrote {out}")
+    return 0

@@ -1,0 +1,85 @@
+"""Read what a training run left behind (see the run-directory contract in the docs).
+
+Only reading happens here: metrics.jsonl records, the ledger CSV (via ConflictLedger), the
+resolved config and the location of the final model. Missing pieces raise one-line `HarmoniaError`s naming the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harmonia.errors import CheckpointError, HarmoniaError
+from harmonia.harmonization.ledger import ConflictLedger, LedgerEntry
+from harmonia.training.logging import read_metrics
+
+
+class RunDir:
+    """A training run's output directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise HarmoniaError(f"run directory not found: {self.path}")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / "ledger.csv"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / "eval.json"
+
+    def require_model(self) -> Path:
+        """The final model directory, or a CheckpointError saying where it was expected."""
+        if not (self.model_dir / "config.json").is_file():
+            raise CheckpointError(
+                f"no trained model in {self.model_dir} (expected config.json there)"
+            )
+        return self.model_dir
+
+    def config(self) -> dict[str, Any]:
+        """The resolved training config (RUN/config.yaml) as plain data; {} when absent."""
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise HarmoniaError(f"{path}: unreadable YAML ({str(err).splitlines()[0]})") from None
+        return data if isinstance(data, dict) else {}
+
+    def dataset_dir(self) -> Path | None:
+        """The dataset the run trained on, as recorded in its config (None when not recorded)."""
+        data = self.config().get("data")
+        if not isinstance(data, Mapping):
+            return None
+        for key in ("dir", "path", "root", "dataset", "dataset_dir"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                candidate = Path(value)
+                if not candidate.is_absolute() and not candidate.exists():
+                    candidate = self.path / candidate
+                return candidate
+        return None
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every record of RUN/metrics.jsonl that has a step (empty when the file is absent)."""
+        return [r for r in read_metrics(self.metrics_path) if isinstance(r, dict) and "step" in r]
+
+    def ledger(self) -> list[LedgerEntry]:
+        """RUN/ledger.csv entries (empty when absent), most suspect (lowest score) first."""
+        if not self.ledger_path.is_file():
+            return []
+        return ConflictLedger.from_csv(self.ledger_path).ranking()

@@ -1,0 +1,355 @@
+"""The audit report: one self-contained HTML file showing how training went and which triplets
+look misaligned, plus a CSV of every sample's conflict score beside it.
+
+Everything (plots, frame thumbnails, audio) is embedded as data: URIs so the file opens offline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from harmonia.data.index import load_labels
+from harmonia.errors import HarmoniaError
+from harmonia.evaluation.labels import NOISE_FLAGS, noise_flag
+from harmonia.evaluation.noise_detection import detection_metrics
+from harmonia.evaluation.run_dir import RunDir
+from harmonia.harmonization.ledger import LedgerEntry
+from harmonia.reports import plots
+from harmonia.reports.html import audio_player, esc, img, key_values, page, section, table
+from harmonia.reports.media import data_uri, thumbnail_strip, wav_bytes
+from harmonia.reports.samples import MediaLookup, SampleMedia, dataset_media
+
+LABEL_FIELDS = (
+    "split",
+    "digit",
+    "motion",
+    "speaker",
+    "audio_digit",
+    "caption_digit",
+    "caption_motion",
+)
+"""Index fields copied into the CSV when present."""
+
+
+@dataclass(frozen=True)
+class AuditOutputs:
+    """Where the report went and what it holds."""
+
+    html: Path
+    csv: Path
+    n_scored: int
+    n_shown: int
+
+
+def build_audit(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    top_k: int = 16,
+    out: str | Path | None = None,
+    media: MediaLookup | None = None,
+) -> AuditOutputs:
+    """Write RUN/audit.html (or `out`) and the per-sample score CSV beside it."""
+    if top_k < 0:
+        raise HarmoniaError(f"--top must be >= 0, got {top_k}")
+    run = RunDir(run_dir)
+    records = run.metrics()
+    ledger = run.ledger()
+    if not records and not ledger:
+        raise HarmoniaError(f"nothing to audit in {run.path}: no metrics.jsonl and no ledger.csv")
+    dataset = Path(data_dir) if data_dir is not None else run.dataset_dir()
+    index = load_labels(dataset) if dataset is not None else {}
+    html_path = Path(out) if out is not None else run.path / "audit.html"
+    csv_path = html_path.with_name(html_path.stem + "_scores.csv")
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+
+    csv_text = _scores_csv(ledger, index)
+    _atomic_write(csv_path, csv_text)
+
+    suspects = ledger[:top_k]
+    if media is None and dataset is not None and suspects:
+        media = dataset_media(dataset)
+    found = dict(media([r.id for r in suspects])) if media is not None and suspects else {}
+
+    sections = [
+        ("overview", "Overview", _overview(run, records, ledger, dataset, index)),
+        ("training", "Training curves", _training(records)),
+        ("cosines", "Cosine distribution", _cosines(records)),
+        ("curriculum", "Curriculum", _curriculum(records)),
+        ("scores", "Conflict scores", _scores(ledger, index, csv_path.name, csv_text)),
+        ("suspects", f"Top-{len(suspects)} suspects", _suspects(suspects, index, found, dataset)),
+    ]
+    meta = f"run <code>{esc(run.path)}</code> &middot; generated {esc(time.strftime('%Y-%m-%d %H:%M'))}"
+    _atomic_write(html_path, page(f"harmonia audit: {run.path.name}", meta, sections))
+    return AuditOutputs(html=html_path, csv=csv_path, n_scored=len(ledger), n_shown=len(suspects))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _figure(fig: Figure | None, alt: str) -> str | None:
+    return None if fig is None else img(plots.figure_png(fig), alt)
+
+
+def _missing(what: str) -> str:
+    return f'<p class="note">{esc(what)}</p>'
+
+
+def _overview(
+    run: RunDir,
+    records: Sequence[dict[str, Any]],
+    ledger: Sequence[LedgerEntry],
+    dataset: Path | None,
+    index: Mapping[str, Mapping[str, Any]],
+) -> str:
+    cfg = run.config()
+    harmonize = cfg.get("harmonize") if isinstance(cfg.get("harmonize"), dict) else {}
+    pairs: list[tuple[str, object]] = [("run directory", run.path)]
+    for key in ("method", "space", "curriculum"):
+        if isinstance(harmonize, dict) and key in harmonize:
+            pairs.append((f"harmonize.{key}", _short(harmonize[key])))
+    if records:
+        pairs.append(("logged steps", f"{len(records)} (last step {records[-1].get('step')})"))
+    summary = _read_json(run.path / "summary.json")
+    for key in ("steps", "time", "stopped", "status"):
+        if key in summary:
+            pairs.append((f"summary.{key}", _short(summary[key])))
+    skipped = summary.get("skipped")
+    if isinstance(skipped, list):
+        pairs.append(("corrupt samples skipped", len(skipped)))
+    pairs.append(("samples in ledger", len(ledger)))
+    pairs.append(("dataset", dataset if dataset is not None else "unknown (pass --data)"))
+    if index:
+        pairs.append(("dataset samples", len(index)))
+    body = f"<div>{key_values(pairs)}</div>"
+    evaluation = _read_json(run.eval_path)
+    if evaluation:
+        split = evaluation.get("split", "?")
+        body += (
+            f"<div><h3>Evaluation on '{esc(split)}' (eval.json)</h3>{_eval_table(evaluation)}</div>"
+        )
+    return section("overview", "Overview", f'<div class="figs">{body}</div>')
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _eval_table(evaluation: Mapping[str, Any]) -> str:
+    from harmonia.evaluation.report import headline_rows
+
+    rows = [(esc(name), esc(value)) for name, value in headline_rows(evaluation)]
+    return table(["metric", "value"], rows, numeric=(1,)) if rows else ""
+
+
+def _training(records: Sequence[dict[str, Any]]) -> str:
+    figs = [
+        _figure(plots.loss_figure(records), "loss curves"),
+        _figure(plots.conflict_figure(records), "conflict fraction and mean cosine"),
+    ]
+    shown = [f for f in figs if f]
+    body = (
+        f'<div class="figs two">{"".join(shown)}</div>' if shown else _missing("no losses logged")
+    )
+    return section(
+        "training",
+        "Training curves",
+        body,
+        "Thin lines: every logged step; thick: running mean. A conflict is a sample whose two "
+        "losses' gradients on the shared video representation have negative cosine.",
+    )
+
+
+def _cosines(records: Sequence[dict[str, Any]]) -> str:
+    return _figure_section(
+        "cosines",
+        "Cosine distribution over training",
+        _figure(plots.cosine_heatmap_figure(records), "cosine distribution heatmap"),
+        "this run logged no cosine histograms (hist/<a>~<b>)",
+        "Per-sample cosine between the losses' gradients, as 40-bin histograms per logged step.",
+    )
+
+
+def _curriculum(records: Sequence[dict[str, Any]]) -> str:
+    return _figure_section(
+        "curriculum",
+        "Curriculum",
+        _figure(plots.curriculum_figure(records), "curriculum kept fraction"),
+        "no curriculum in this run (nothing logged under curriculum/)",
+        "Fraction of each batch whose conflict score passed the curriculum threshold at that step.",
+    )
+
+
+def _figure_section(anchor: str, title: str, fig: str | None, missing: str, note: str) -> str:
+    return section(anchor, title, fig or _missing(missing), note)
+
+
+def _scores(
+    ledger: Sequence[LedgerEntry],
+    index: Mapping[str, Mapping[str, Any]],
+    csv_name: str,
+    csv_text: str,
+) -> str:
+    if not ledger:
+        return section("scores", "Conflict scores", _missing("this run has no ledger.csv"))
+    flags = [noise_flag(index[r.id]) if r.id in index else None for r in ledger]
+    figure = _figure(plots.score_histogram_figure([r.score for r in ledger], flags), "scores")
+    table_html = ""
+    known = [(r.score, f) for r, f in zip(ledger, flags, strict=True) if f is not None]
+    if known:
+        res = detection_metrics(
+            [s for s, _ in known], [f for _, f in known], higher_is_noisier=False
+        )
+        table_html = key_values(
+            [
+                ("samples with ground truth", f"{res.n} ({res.n_noisy} misaligned)"),
+                ("AUROC (low score = misaligned)", _fmt(res.auroc)),
+                (
+                    "average precision",
+                    f"{_fmt(res.average_precision)} (random: {res.prevalence:.3f})",
+                ),
+                ("precision among the lowest-scored n_misaligned", _fmt(res.precision_at_k)),
+            ]
+        )
+    link = (
+        f'<p class="small">Every sample\'s score: <a download="{esc(csv_name)}" '
+        f'href="{data_uri("text/csv", csv_text.encode("utf-8"))}">{esc(csv_name)}</a> '
+        f"(also written beside this file).</p>"
+    )
+    return section(
+        "scores",
+        "Conflict scores",
+        f'<div class="figs">{figure or ""}<div>{table_html}{link}</div></div>',
+        "The ledger's score is the exponential moving average of a sample's gradient cosine "
+        "between the two losses; low (negative) means its caption and audio pull the video "
+        "representation apart, the signature of a misaligned triplet.",
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def _truth_badge(record: Mapping[str, Any] | None) -> str:
+    if record is None or noise_flag(record) is None:
+        return '<span class="badge unk">unknown</span>'
+    which = [f.removeprefix("misaligned_") for f in NOISE_FLAGS if record.get(f)]
+    if which:
+        return f'<span class="badge bad">misaligned: {esc(" + ".join(which))}</span>'
+    return '<span class="badge ok">clean</span>'
+
+
+def _suspects(
+    suspects: Sequence[LedgerEntry],
+    index: Mapping[str, Mapping[str, Any]],
+    media: Mapping[str, SampleMedia],
+    dataset: Path | None,
+) -> str:
+    if not suspects:
+        return section("suspects", "Suspected misaligned triplets", _missing("no scored samples"))
+    rows = []
+    for rank, row in enumerate(suspects, start=1):
+        record = index.get(row.id)
+        labels = _describe(record)
+        sample = media.get(row.id)
+        frames = audio = captions = '<span class="small">not available</span>'
+        if sample is not None:
+            if sample.frames is not None:
+                frames = img(thumbnail_strip(sample.frames), f"frames of {row.id}", "strip")
+            if sample.audio is not None:
+                audio = audio_player(wav_bytes(sample.audio, sample.sample_rate))
+            if sample.captions:
+                items = "".join(f"<li>{esc(c)}</li>" for c in dict.fromkeys(sample.captions))
+                captions = f'<ul class="caps">{items}</ul>'
+        rows.append(
+            [
+                str(rank),
+                f"<b>{esc(row.id)}</b><br><span class='small'>{labels}</span>",
+                f"{row.score:+.3f}<br><span class='small'>{row.conflicts}/{row.seen} conflicts</span>",
+                _truth_badge(record),
+                frames,
+                audio,
+                captions,
+            ]
+        )
+    note = (
+        "Lowest ledger scores first. Labels and the ground-truth flag come from the dataset index "
+        "(never seen by training); the labels describe the video."
+    )
+    if dataset is None:
+        note += " No dataset was found for this run, so media and ground truth are missing."
+    body = table(
+        ["#", "sample", "score", "ground truth", "frames", "audio", "captions"],
+        rows,
+        numeric=(0,),
+        css_class="suspects",
+    )
+    return section("suspects", "Top suspected misaligned triplets", body, note)
+
+
+def _describe(record: Mapping[str, Any] | None) -> str:
+    """HTML of what each modality shows according to the index ('video 3 up; audio 3 (theo);
+    caption 5 up'), with the parts that disagree with the video in red."""
+    if not record:
+        return "not in the dataset index"
+
+    def part(label: str, value: object, mismatch: bool) -> str:
+        text = f"{esc(label)} {esc(value)}"
+        return f'<span class="mis">{text}</span>' if mismatch else text
+
+    digit, motion = record.get("digit"), record.get("motion")
+    parts = [f"video {esc(digit)} {esc(motion)}" if motion is not None else f"video {esc(digit)}"]
+    if "audio_digit" in record:
+        speaker = f" ({record['speaker']})" if "speaker" in record else ""
+        parts.append(
+            part("audio", f"{record['audio_digit']}{speaker}", record["audio_digit"] != digit)
+        )
+    if "caption_digit" in record:
+        said = " ".join(str(record[k]) for k in ("caption_digit", "caption_motion") if k in record)
+        differs = record["caption_digit"] != digit or record.get("caption_motion", motion) != motion
+        parts.append(part("caption", said, differs))
+    return "; ".join(parts)
+
+
+def _scores_csv(ledger: Sequence[LedgerEntry], index: Mapping[str, Mapping[str, Any]]) -> str:
+    """rank, ledger columns, then index labels and ground-truth flags when the index has them."""
+    label_cols = [k for k in LABEL_FIELDS if any(k in index.get(r.id, {}) for r in ledger)]
+    flag_cols = [k for k in NOISE_FLAGS if any(k in index.get(r.id, {}) for r in ledger)]
+    header = ["rank", "id", "score", "conflicts", "seen", "last_step", *label_cols, *flag_cols]
+    if flag_cols:
+        header.append("misaligned")
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for rank, r in enumerate(ledger, start=1):
+        rec = index.get(r.id, {})
+        row: list[object] = [rank, r.id, f"{r.score:.6f}", r.conflicts, r.seen, r.last_step]
+        row += [rec.get(k, "") for k in label_cols]
+        row += [int(bool(rec[k])) if k in rec else "" for k in flag_cols]
+        if flag_cols:
+            flag = noise_flag(rec)
+            row.append("" if flag is None else int(flag))
+        writer.writerow(row)
+    return buf.getvalue()
