@@ -12,7 +12,7 @@ module treats samples independently.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,16 +32,16 @@ MATERIALIZE_BUDGET = 1 << 24
 class Traced:
     """A recorded call on the anchor path and the gradients reaching its outputs.
 
-    ``grads[j]`` is ``[B, M, *shape_j[1:]]`` (sample first, then loss), or None where output
-    ``j`` is not on the anchor path.
+    ``grads[j][k]`` is the gradient of loss ``k`` at output ``j`` (shape of that output), or
+    ``grads[j]`` is None where output ``j`` is not on the anchor path.
     """
 
     call: Call
-    grads: list[Tensor | None]
+    grads: list[list[Tensor] | None]
 
     @property
-    def grad(self) -> Tensor:
-        """The single output gradient of a one-output module."""
+    def grad(self) -> list[Tensor]:
+        """Per-loss gradients at the output of a one-output module."""
         grad = self.grads[0]
         assert grad is not None
         return grad
@@ -59,52 +59,76 @@ def _input(call: Call) -> Tensor:
     return call.args[0] if call.args else next(iter(call.kwargs.values()))
 
 
-def _gram(flat: Tensor) -> Tensor:
-    """``[B, M, P] -> [B, M, M]``."""
-    return flat @ flat.transpose(1, 2)
+def _cat(parts: list[Tensor], dim: int) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
-def _ghost_gram(rows: Tensor, cross: Tensor) -> Tensor:
-    """``sum_{t,s} cross[b,t,s] <rows[b,k,t], rows[b,l,s]>`` for rows ``[B, M, T, D]``."""
-    batch, tasks, steps, width = rows.shape
-    flat = rows.reshape(batch, tasks * steps, width)
-    inner = _gram(flat).view(batch, tasks, steps, tasks, steps)
-    return torch.einsum("bktls,bts->bkl", inner, cross)
+def pairwise(inner: Callable[[int, int], Tensor], tasks: int) -> Tensor:
+    """The symmetric ``[B, M, M]`` whose entry ``(k, l)`` is ``inner(k, l)`` (``[B]``, ``k <= l``)."""
+    entries: dict[tuple[int, int], Tensor] = {}
+    for k in range(tasks):
+        for m in range(k, tasks):
+            entries[k, m] = entries[m, k] = inner(k, m)
+    rows = [torch.stack([entries[k, m] for m in range(tasks)], -1) for k in range(tasks)]
+    return torch.stack(rows, -2)
+
+
+def flat_gram(flat: Sequence[Tensor]) -> Tensor:
+    """Per-sample Gram of flat per-loss gradients ``[B, P]`` (one per loss): ``[B, M, M]``."""
+    return pairwise(lambda k, m: (flat[k] * flat[m]).sum(-1), len(flat))
+
+
+def ghost_gram(rows: Sequence[Tensor], cross: Tensor) -> Tensor:
+    """``sum_{t,s} cross[b,t,s] <rows[k][b,t], rows[m][b,s]>`` for per-loss rows ``[B, T, D]``."""
+    return pairwise(
+        lambda k, m: ((rows[k] @ rows[m].transpose(1, 2)) * cross).sum((1, 2)), len(rows)
+    )
+
+
+def _per_loss(
+    traced: list[Traced], shape: Callable[[Tensor], Tensor], dtype: torch.dtype
+) -> list[Tensor]:
+    """Each loss's output gradients of all calls, reshaped and joined along dimension 1."""
+    tasks = len(traced[0].grad)
+    return [_cat([shape(t.grad[k]) for t in traced], 1).to(dtype) for k in range(tasks)]
 
 
 def linear_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
     """``nn.Linear``: weight via ghost inner products or per-sample gradients, plus bias."""
     assert isinstance(module, nn.Linear)
-    batch = traced[0].grad.shape[0]
-    tasks = traced[0].grad.shape[1]
-    a = torch.cat([_input(t.call).reshape(batch, -1, module.in_features) for t in traced], 1)
-    d = torch.cat([t.grad.reshape(batch, tasks, -1, module.out_features) for t in traced], 2)
-    a, d = a.to(dtype), d.to(dtype)
-    gram = a.new_zeros(batch, tasks, tasks)
+    batch = traced[0].grad[0].shape[0]
+    a = _cat([_input(t.call).reshape(batch, -1, module.in_features) for t in traced], 1).to(dtype)
+    d = _per_loss(traced, lambda g: g.reshape(batch, -1, module.out_features), dtype)
+    gram = a.new_zeros(batch, len(d), len(d))
     if module.weight.requires_grad:
         gram = gram + linear_weight_gram(a, d)
     if module.bias is not None and module.bias.requires_grad:
-        gram = gram + _gram(d.sum(2))
+        gram = gram + flat_gram([dk.sum(1) for dk in d])
     return gram
 
 
-def linear_weight_gram(a: Tensor, d: Tensor) -> Tensor:
-    """Gram of the per-sample weight gradients ``sum_t d_kt a_t^T`` for ``a [B,T,I]``, ``d [B,M,T,O]``."""
-    batch, tasks, steps, width_out = d.shape
+def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
+    """Gram of per-sample weight gradients ``sum_t d_kt a_t^T``; ``a [B,T,I]``, ``d[k] [B,T,O]``.
+
+    Ghost inner products cost about ``T^2 (P O + I)`` per sample (``P`` pairs of losses),
+    materialized gradients ``M T O I``; the cheaper one is used, materializing in chunks of
+    samples to bound memory.
+    """
+    tasks = len(d)
+    batch, steps, width_out = d[0].shape
     width_in = a.shape[-1]
-    ghost = steps * steps * (tasks * tasks * width_out + width_in + tasks * tasks)
-    materialize = tasks * steps * width_out * width_in + tasks * tasks * width_out * width_in
+    pairs = tasks * (tasks + 1) // 2
+    ghost = steps * steps * (pairs * width_out + width_in)
+    materialize = tasks * steps * width_out * width_in + pairs * width_out * width_in
     if ghost <= materialize:
-        return _ghost_gram(d, a @ a.transpose(1, 2))
+        return ghost_gram(d, a @ a.transpose(1, 2))
     chunk = max(1, MATERIALIZE_BUDGET // (tasks * width_out * width_in))
     parts = []
     for start in range(0, batch, chunk):
-        a_part, d_part = a[start : start + chunk], d[start : start + chunk]
-        stacked = d_part.permute(0, 2, 1, 3).reshape(a_part.shape[0], steps, tasks * width_out)
-        per_sample = a_part.transpose(1, 2) @ stacked  # [b, I, M * O]
-        per_sample = per_sample.view(-1, width_in, tasks, width_out).transpose(1, 2)
-        parts.append(_gram(per_sample.reshape(-1, tasks, width_in * width_out)))
-    return torch.cat(parts)
+        a_part = a[start : start + chunk].transpose(1, 2)
+        per_sample = [(a_part @ dk[start : start + chunk]).flatten(1) for dk in d]
+        parts.append(flat_gram(per_sample))
+    return _cat(parts, 0)
 
 
 def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
@@ -114,41 +138,39 @@ def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Te
     width = 1
     for size in shape:
         width *= size
-    batch, tasks = traced[0].grad.shape[:2]
-    weight = bias = None
+    batch = traced[0].grad[0].shape[0]
+    xhat = []
     for t in traced:
         x = _input(t.call).to(dtype)
         if isinstance(module, nn.LayerNorm):
-            xhat = F.layer_norm(x, shape, eps=module.eps)
+            x = F.layer_norm(x, shape, eps=module.eps)
         else:
-            xhat = F.rms_norm(x, shape, eps=module.eps)
-        xhat = xhat.reshape(batch, -1, width)
-        d = t.grad.to(dtype).reshape(batch, tasks, -1, width)
-        w = torch.einsum("btw,bktw->bkw", xhat, d)
-        b = d.sum(2)
-        weight = w if weight is None else weight + w
-        bias = b if bias is None else bias + b
-    assert weight is not None and bias is not None
-    pieces = []
-    if module.weight is not None and module.weight.requires_grad:
-        pieces.append(weight)
+            x = F.rms_norm(x, shape, eps=module.eps)
+        xhat.append(x.reshape(batch, -1, width))
+    normalized = _cat(xhat, 1)
+    d = _per_loss(traced, lambda g: g.reshape(batch, -1, width), dtype)
+    with_weight = module.weight is not None and module.weight.requires_grad
     module_bias = getattr(module, "bias", None)
-    if module_bias is not None and module_bias.requires_grad:
-        pieces.append(bias)
-    return _gram(torch.cat(pieces, -1))
+    with_bias = module_bias is not None and module_bias.requires_grad
+    per_sample = []
+    for dk in d:
+        pieces = [(normalized * dk).sum(1)] if with_weight else []
+        pieces += [dk.sum(1)] if with_bias else []
+        per_sample.append(_cat(pieces, -1))
+    return flat_gram(per_sample)
 
 
 def embedding_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
     """``nn.Embedding``: rows hit by the same index in a sample add up (ghost, equality mask)."""
     assert isinstance(module, nn.Embedding)
-    batch, tasks = traced[0].grad.shape[:2]
-    index = torch.cat([_input(t.call).reshape(batch, -1) for t in traced], 1)
-    d = torch.cat([t.grad.reshape(batch, tasks, -1, module.embedding_dim) for t in traced], 2)
+    batch = traced[0].grad[0].shape[0]
+    index = _cat([_input(t.call).reshape(batch, -1) for t in traced], 1)
+    d = _per_loss(traced, lambda g: g.reshape(batch, -1, module.embedding_dim), dtype)
     same = index[:, :, None] == index[:, None, :]
     if module.padding_idx is not None:
         real = index != module.padding_idx
         same = same & real[:, :, None] & real[:, None, :]
-    return _ghost_gram(d.to(dtype), same.to(dtype))
+    return ghost_gram(d, same.to(dtype))
 
 
 def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
@@ -159,7 +181,8 @@ def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype)
     mode) cannot be replayed and are rejected.
     """
     params = {name: p.detach() for name, p in unit_parameters(module).items()}
-    batch, tasks = traced[0].grads[_first_on_path(traced[0])].shape[:2]  # type: ignore[union-attr]
+    on_path = next(g for g in traced[0].grads if g is not None)
+    tasks, batch = len(on_path), on_path[0].shape[0]
     if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
         raise ValueError(
             f"{traced[0].call.name}: nn.MultiheadAttention with batch_first=False puts the batch "
@@ -170,12 +193,8 @@ def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype)
         grads = _per_sample_grads(module, params, t, batch, tasks)
         for name, g in grads.items():
             total[name] = total[name] + g if name in total else g
-    flat = torch.cat([g.reshape(batch, tasks, -1).to(dtype) for g in total.values()], -1)
-    return _gram(flat)
-
-
-def _first_on_path(t: Traced) -> int:
-    return next(j for j, g in enumerate(t.grads) if g is not None)
+    flat = _cat([g.reshape(batch, tasks, -1).to(dtype) for g in total.values()], -1)
+    return flat_gram(flat.unbind(1))
 
 
 def _per_sample_grads(
@@ -190,11 +209,10 @@ def _per_sample_grads(
             f"has the batch ({batch} samples) first, so its parameters' per-sample gradients "
             "cannot be separated"
         )
-    cotangents = [
-        g if g is not None else out.new_zeros(batch, tasks, *out.shape[1:])
-        for g, out in zip(t.grads, call.outputs, strict=True)
-    ]
-    positions = call.positions
+    on_path = [j for j, g in enumerate(t.grads) if g is not None]
+    cotangents = [torch.stack(t.grads[j], 1) for j in on_path]  # type: ignore[arg-type]
+    positions = [call.positions[j] for j in on_path]
+    captured = [call.outputs[j] for j in on_path]
 
     def one_sample(
         sample_leaves: list[Any], sample_cotangents: list[Tensor]
@@ -226,8 +244,8 @@ def _per_sample_grads(
             "be recomputed exactly; move the random operation into its own submodule"
         ) from error
     outputs, grads = batched
-    for recomputed, captured in zip(outputs, call.outputs, strict=True):
-        if not _close(recomputed, captured):
+    for recomputed, original in zip(outputs, captured, strict=True):
+        if not _close(recomputed, original):
             raise ValueError(
                 f"{call.name} ({type(module).__name__}) gives a different output when run on one "
                 "sample at a time, so it mixes the samples of a batch (or keeps the batch in "

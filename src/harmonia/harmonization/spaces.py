@@ -82,9 +82,14 @@ def trace(anchor: Tensor, grads: Tensor, calls: list[Call]) -> list[Traced]:
     edges = [edge for call in calls for edge in call.edges]
     if not edges:
         return []
-    found = torch.autograd.grad(
-        anchor, edges, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
-    )
+    # One backward per loss (a loop beats is_grads_batched: attention has no batching rule).
+    per_loss = [
+        torch.autograd.grad(anchor, edges, u, retain_graph=True, allow_unused=True) for u in grads
+    ]
+    found = [
+        None if parts[0] is None else list(parts)  # type: ignore[arg-type]
+        for parts in zip(*per_loss, strict=True)
+    ]
     traced = []
     position = 0
     for call in calls:
@@ -99,7 +104,7 @@ def trace(anchor: Tensor, grads: Tensor, calls: list[Call]) -> list[Traced]:
                     f"output of shape {tuple(shape)}, but the batch has {batch} samples; "
                     "parameters space needs the batch first in every layer's output"
                 )
-        traced.append(Traced(call, [None if g is None else g.transpose(0, 1) for g in mine]))
+        traced.append(Traced(call, list(mine)))
     return traced
 
 
@@ -113,8 +118,11 @@ def verify_per_sample(anchor: Tensor, calls: list[Call], encoder: nn.Module) -> 
     would be missed.
     """
     batch = anchor.shape[0]
+    generator = torch.Generator(anchor.device).manual_seed(0)  # leaves the global RNG alone
     probe = torch.zeros_like(anchor)
-    probe[0] = torch.randn_like(anchor[0])
+    probe[0] = torch.randn(anchor.shape[1:], generator=generator, device=anchor.device).to(
+        anchor.dtype
+    )
     edges = [edge for call in calls for edge in call.edges]
     named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
     inputs: list[Any] = [*edges, *(p for _, p in named)]

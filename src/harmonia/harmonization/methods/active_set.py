@@ -35,11 +35,23 @@ def best_candidate(candidates: Tensor, objective: Tensor, feasible: Tensor) -> T
     return picked.squeeze(-2)
 
 
+def normalized(gram: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+    """Divide each sample's ``G`` (and matching linear terms) by its largest diagonal entry.
+
+    The solutions below are invariant to that scale, and the linear systems are far better
+    conditioned at unit scale (a GradScaler's factor, or tiny gradients, would otherwise leak
+    into the bordered systems' conditioning).
+    """
+    scale = gram.diagonal(dim1=1, dim2=2).amax(-1).clamp_min(torch.finfo(gram.dtype).tiny)
+    return tuple(t / scale.view(-1, *([1] * (t.dim() - 1))) for t in (gram, *others))
+
+
 def nonnegative_qp(gram: Tensor, linear: Tensor) -> Tensor:
     """``argmin_{x >= 0} x^T G x / 2 + q^T x`` for ``G [B, M, M]`` and ``q [B, N, M]``: ``[B, N, M]``.
 
     ``N`` independent programs share each sample's ``G`` (UPGrad solves one per loss).
     """
+    gram, linear = normalized(gram, linear)
     tasks = gram.shape[-1]
     sets = supports(tasks, gram.device, gram.dtype)  # [S, M]
     outer = sets[:, :, None] * sets[:, None, :]
@@ -56,6 +68,7 @@ def nonnegative_qp(gram: Tensor, linear: Tensor) -> Tensor:
 
 def simplex_min_norm(gram: Tensor) -> Tensor:
     """``argmin_{w >= 0, sum w = 1} w^T G w`` for ``G [B, M, M]``: ``[B, M]``."""
+    (gram,) = normalized(gram)
     batch, tasks = gram.shape[:2]
     sets = supports(tasks, gram.device, gram.dtype)[1:]  # a point of the simplex needs support
     outer = sets[:, :, None] * sets[:, None, :]

@@ -30,7 +30,7 @@ class MGDA(Method):
     def combine(self, gram: Tensor, generator: torch.Generator) -> Combination:
         weights = simplex_min_norm(gram)
         tasks = gram.shape[-1]
-        norm2 = ((weights @ gram) * weights).sum(-1)
+        norm2 = torch.einsum("bk,bkl,bl->b", weights, gram, weights)
         scale = gram.diagonal(dim1=1, dim2=2).amax(dim=-1)
         stationary = (norm2 <= STATIONARY * scale).sum()
         return Combination(tasks * weights, {"stationary": stationary})
