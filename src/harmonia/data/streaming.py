@@ -1,8 +1,8 @@
 """Streaming loader: WebDataset pipeline over the shards, for data too large for random access.
 
 Shards are shuffled per epoch (same order on every node and worker), split between nodes
-(torch.distributed rank) and DataLoader workers, read sequentially, decoded, shuffled in a
-buffer and batched. Corrupt members become skip records that ride along with the next batch.
+(torch.distributed rank) and DataLoader workers, read sequentially, shuffled in a buffer of
+encoded samples, decoded and batched. Corrupt members become skip records that ride along with the next batch.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         *,
         batch_size: int | None = None,
         shuffle: bool = True,
-        buffer: int = 256,
+        buffer: int = 1000,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -67,11 +67,11 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             wds.split_by_node,
             wds.split_by_worker,
             self._read_shards,
-            self._decode,
         ]
-        if self.shuffle and self.buffer > 1:
+        if self.shuffle and self.buffer > 1:  # shuffles encoded samples (~12 kB each), not tensors
             rng = random.Random(f"{self.seed}/{self.epoch}/{rank}/{worker}")
-            stages.append(wds.shuffle(self.buffer, initial=min(self.buffer, 64), rng=rng))
+            stages.append(wds.shuffle(self.buffer, initial=min(self.buffer, 100), rng=rng))
+        stages.append(self._decode)
         if self.batch_size is not None:
             stages.append(self._batches)
         return iter(wds.DataPipeline(*stages))
@@ -145,7 +145,7 @@ def make_stream_loader(
     batch_size: int,
     num_workers: int = 0,
     shuffle: bool = True,
-    buffer: int = 256,
+    buffer: int = 1000,
     seed: int = 0,
 ) -> DataLoader[dict[str, Any]]:
     """A DataLoader over a StreamingDataset; batching happens inside the workers."""
