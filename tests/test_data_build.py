@@ -213,3 +213,12 @@ def test_built_in_source_builds_and_decodes(tmp_path: Path) -> None:
     items = [ds[i] for i in range(len(ds))]
     assert all("skipped" not in it for it in items) and len(items) == 16
     assert "NOT speech" in load_summary(tmp_path / "b")["build"]["source"]["warning"]
+
+
+def test_too_few_speakers_for_three_splits_is_a_clear_error(data_source: SourceData) -> None:
+    two = [r for r in data_source.recordings if r.speaker in data_source.speakers[:2]]
+    source = dataclasses.replace(data_source, recordings=two)
+    with pytest.raises(DataError, match=r"need recordings of >= 3 speakers.*--split"):
+        make_plans(BuildConfig(sizes=SMALL), source)
+    single = make_plans(BuildConfig(sizes={"test": 10}, single_split="test"), source)
+    assert {p.speaker for p in single} <= set(data_source.speakers[:2]) and len(single) == 10
