@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PY_DIRS := $(wildcard src tests benchmarks)
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: demo test test-slow lint venv clean
@@ -21,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/harmonia demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/mypy
 
 test: lint
