@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from harmonia.errors import ConfigError
@@ -162,8 +163,10 @@ def load_source(name: str | None, *, allow_builtin: bool) -> Any:
 
 def run_build(args: argparse.Namespace) -> int:
     from harmonia.data import build_dataset, describe
+    from harmonia.data.builder import check_output
 
     config = build_config(args)
+    check_output(Path(args.out), args.overwrite)  # before loading (and warning about) the source
     source = load_source(args.source, allow_builtin=False)
     summary = build_dataset(
         config,

@@ -46,6 +46,16 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless overwrite; never overwrite something that is not a dataset."""
+    if out.exists() and not overwrite:
+        raise DataError(f"output {out} already exists (pass --overwrite to replace it)")
+    if out.exists() and not (out / SUMMARY_FILE).is_file() and any(out.iterdir()):
+        raise DataError(
+            f"refusing to overwrite {out}: it is not empty and not an AV-MNIST-T dataset"
+        )
+
+
 def build_dataset(
     config: BuildConfig,
     source: SourceData,
@@ -57,12 +67,7 @@ def build_dataset(
 ) -> dict[str, Any]:
     """Build the dataset into `out` and return its summary (also written to out/summary.json)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"output {out} already exists (pass --overwrite to replace it)")
-    if out.exists() and not (out / SUMMARY_FILE).is_file() and any(out.iterdir()):
-        raise DataError(
-            f"refusing to overwrite {out}: it is not empty and not an AV-MNIST-T dataset"
-        )
+    check_output(out, overwrite)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
