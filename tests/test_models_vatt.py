@@ -172,3 +172,18 @@ def test_parameter_counts_per_size(words: WordTokenizer) -> None:
     counts = {s: VATT(ModelConfig.named(s), words).num_parameters() for s in ("tiny", "small")}
     assert 100_000 < counts["tiny"] < 1_000_000
     assert counts["tiny"] < counts["small"]
+
+
+def test_video_patches_are_normalized_voxel_blocks(words: WordTokenizer) -> None:
+    model = tiny(words, modalities={"video": {"mean": 0.2}})
+    video = random_batch(model.config, 2)["video"]
+    patches = model.tokenizer_of("video").prepare(video, torch.device("cpu"), torch.float64).inputs
+    assert patches.shape == (2, 64, 4 * 16 * 16 * 3)
+    for t, h, w in ((0, 0, 0), (1, 2, 3), (3, 3, 1)):
+        block = video[1, 4 * t : 4 * t + 4, 16 * h : 16 * h + 16, 16 * w : 16 * w + 16].double()
+        want = (block / 255 - 0.2) / 0.3
+        torch.testing.assert_close(patches[1, (t * 4 + h) * 4 + w], want.flatten())
+    as_float = model.tokenizer_of("video").prepare(
+        video.double() / 255, torch.device("cpu"), torch.float64
+    )
+    torch.testing.assert_close(as_float.inputs, patches)

@@ -4,6 +4,12 @@ All three read the AV-MNIST-T default clip: 16 frames of 64x64 RGB, 32,000 audio
 (2 s at 16 kHz), captions of up to 16 words. ``tiny`` runs the test suite on CPU, ``small`` runs
 CPU experiments in minutes, ``base`` has VATT-Base's transformer (768 wide, 12 layers, 12 heads)
 and VATT's patches (4x16x16 voxels, 128 audio samples).
+
+Video pixels are scaled to [0, 1] and divided by 0.3 without centering: AV-MNIST-T's background
+is black, so an empty patch stays a zero vector and its token is its position alone. With the
+symmetric (x - 0.5) / 0.5 the tiny model collapsed at initialization when overfitting 32 clean
+triplets (both losses stuck at log B for 200 steps); with this scaling it reaches retrieval
+accuracy 1.0 in about 80 steps (tests/test_models_overfit.py).
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ def _size(
                 "shape": [16, 64, 64, 3],
                 "patch": video_patch,
                 "drop_token": drop_token,
-                "mean": 0.5,
-                "std": 0.5,
+                "mean": 0.0,
+                "std": 0.3,
             },
             "audio": {
                 "kind": "audio",

@@ -88,26 +88,34 @@ class VideoTokenizer(ModalityTokenizer):
         self.drop = DropToken(config.drop_token)
 
     def prepare(self, raw: Any, device: torch.device, dtype: torch.dtype) -> Prepared:
-        """uint8 frames [B, T, H, W, C] (float frames are taken as already in [0, 1])."""
+        """uint8 frames [B, T, H, W, C] -> normalized patches [B, N, t*h*w*C].
+
+        Float frames are taken as already scaled to [0, 1]. Patches are cut before the
+        conversion to float, so the large video tensor is copied once at one byte per value.
+        """
         video = self.check_signal(raw).to(device)
-        valid = video.flatten(1).ne(0).any(dim=1)
-        x = video.to(dtype)
-        if video.dtype == torch.uint8:
-            x = x / 255.0
+        valid = video.flatten(1).any(dim=1)
+        batch = video.shape[0]
+        (gt, gh, gw), (pt, ph, pw) = self.grid, self.config.patch
+        patches = video.reshape(batch, gt, pt, gh, ph, gw, pw, -1)
+        patches = patches.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, gt * gh * gw, -1)
         assert self.config.mean is not None and self.config.std is not None
-        return Prepared((x - self.config.mean) / self.config.std, valid, (video.shape[0],))
+        scale = 1.0 / self.config.std / (255.0 if video.dtype == torch.uint8 else 1.0)
+        x = patches.to(dtype=dtype, copy=True).mul_(scale)
+        if self.config.mean:
+            x.sub_(self.config.mean / self.config.std)
+        return Prepared(x, valid, (batch,))
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Patches [B, N, P] -> tokens [B, 1 + N', D] (N' = N, or fewer under DropToken)."""
         batch = inputs.shape[0]
-        (gt, gh, gw), (pt, ph, pw) = self.grid, self.config.patch
-        patches = inputs.reshape(batch, gt, pt, gh, ph, gw, pw, -1)
-        patches = patches.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, gt * gh * gw, -1)
+        gt, gh, gw = self.grid
         pos = (
             lookup(self.pos_t, gt, batch)[:, :, None, None]
             + lookup(self.pos_h, gh, batch)[:, None, :, None]
             + lookup(self.pos_w, gw, batch)[:, None, None, :]
         )
-        tokens = self.proj(patches) + pos.flatten(1, 3)
+        tokens = self.proj(inputs) + pos.flatten(1, 3)
         return self.with_aggregation(self.drop(tokens)), None
 
 

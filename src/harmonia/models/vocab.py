@@ -107,9 +107,13 @@ class WordTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> WordTokenizer:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path}: cannot read vocabulary ({err})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: not valid JSON ({err})") from None
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: expected a JSON object")
         return cls.from_dict(data, source=str(path))
