@@ -216,3 +216,16 @@ def test_eval_cli_errors_are_one_line(
     assert main(make_args(run_dir, tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_eval_names_a_recorded_dataset_that_is_gone(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    moved = tmp_path / "run"
+    (moved / "model").mkdir(parents=True)
+    for f in (run_dir / "model").iterdir():
+        (moved / "model" / f.name).write_bytes(f.read_bytes())
+    (moved / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": str(tmp_path / "gone")}}))
+    assert main(["eval", str(moved)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "gone" in err and "data.dir" in err and "--data" in err

@@ -158,6 +158,25 @@ def test_report_without_dataset_or_curriculum_still_renders(
     assert set(SECTIONS) <= set(_parse(out.html).ids)
 
 
+def test_vanished_dataset_still_gives_a_report(audit_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "moved"
+    run.mkdir()
+    (run / "ledger.csv").write_bytes((audit_run / "ledger.csv").read_bytes())
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": str(tmp_path / "gone")}}))
+    text = build_audit(run, top_k=2).html.read_text(encoding="utf-8")
+    assert "gone not found (pass --data)" in text
+
+
+def test_loss_plot_leaves_out_the_total_only_when_parts_exist() -> None:
+    parts = [{"step": s, "loss/total": 7.0, "loss/va": 3.5, "loss/vt": 3.5} for s in range(3)]
+    fig = plots.loss_figure(parts)
+    assert fig is not None
+    assert sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts()) == ["va", "vt"]
+    fig = plots.loss_figure([{"step": s, "loss/total": 7.0} for s in range(3)])
+    assert fig is not None
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["total"]
+
+
 def test_cosine_heatmap_reads_the_logged_histograms() -> None:
     records = [{"step": s, "hist/va~vt": [0] * 39 + [s + 1]} for s in range(3)]
     assert plots.cosine_heatmap_figure(records) is not None

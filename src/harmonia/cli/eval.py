@@ -62,13 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise HarmoniaError(f"--workers must be >= 0, got {args.workers}")
     run_dir = RunDir(args.run_dir)
     model_dir = run_dir.require_model()
-    dataset = Path(args.data) if args.data else run_dir.dataset_dir()
-    if dataset is None:
-        raise HarmoniaError(
-            f"{run_dir.path / 'config.yaml'} records no dataset (data.dir): pass --data DATASET_DIR"
-        )
-    if not dataset.is_dir():
-        raise HarmoniaError(f"dataset directory not found: {dataset}")
+    dataset = run_dir.require_dataset(args.data)
     model = VATT.from_pretrained(model_dir, device=args.device)
     result = evaluate(
         model,

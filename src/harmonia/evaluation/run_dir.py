@@ -61,18 +61,31 @@ class RunDir:
         return data if isinstance(data, dict) else {}
 
     def dataset_dir(self) -> Path | None:
-        """The dataset the run trained on, as recorded in its config (None when not recorded)."""
+        """The dataset the run trained on: `data.dir` of its config (None when not recorded).
+
+        A relative path is taken from the working directory, like the trainer does.
+        """
         data = self.config().get("data")
-        if not isinstance(data, Mapping):
-            return None
-        for key in ("dir", "path", "root", "dataset", "dataset_dir"):
-            value = data.get(key)
-            if isinstance(value, str) and value:
-                candidate = Path(value)
-                if not candidate.is_absolute() and not candidate.exists():
-                    candidate = self.path / candidate
-                return candidate
-        return None
+        value = data.get("dir") if isinstance(data, Mapping) else None
+        return Path(value) if isinstance(value, str) and value else None
+
+    def require_dataset(self, override: str | Path | None = None) -> Path:
+        """`override` or the recorded dataset; a one-line HarmoniaError when there is none."""
+        if override is not None:
+            dataset = Path(override)
+            if not dataset.is_dir():
+                raise HarmoniaError(f"dataset directory not found: {dataset}")
+            return dataset
+        recorded = self.dataset_dir()
+        config = self.path / "config.yaml"
+        if recorded is None:
+            raise HarmoniaError(f"{config} records no dataset (data.dir): pass --data DATASET_DIR")
+        if not recorded.is_dir():
+            raise HarmoniaError(
+                f"dataset directory not found: {recorded} (data.dir in {config}); "
+                "pass --data DATASET_DIR"
+            )
+        return recorded
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every record of RUN/metrics.jsonl that has a step (empty when the file is absent)."""

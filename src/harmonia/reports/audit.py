@@ -65,7 +65,11 @@ def build_audit(
     ledger = run.ledger()
     if not records and not ledger:
         raise HarmoniaError(f"nothing to audit in {run.path}: no metrics.jsonl and no ledger.csv")
-    dataset = Path(data_dir) if data_dir is not None else run.dataset_dir()
+    recorded = run.dataset_dir()
+    if data_dir is not None:
+        dataset: Path | None = run.require_dataset(data_dir)
+    else:  # the report is still useful without media, so a vanished dataset is not an error
+        dataset = recorded if recorded is not None and recorded.is_dir() else None
     index = load_labels(dataset) if dataset is not None else {}
     html_path = Path(out) if out is not None else run.path / "audit.html"
     csv_path = html_path.with_name(html_path.stem + "_scores.csv")
@@ -80,7 +84,7 @@ def build_audit(
     found = dict(media([r.id for r in suspects])) if media is not None and suspects else {}
 
     sections = [
-        ("overview", "Overview", _overview(run, records, ledger, dataset, index)),
+        ("overview", "Overview", _overview(run, records, ledger, dataset or recorded, index)),
         ("training", "Training curves", _training(records)),
         ("cosines", "Cosine distribution", _cosines(records)),
         ("curriculum", "Curriculum", _curriculum(records)),
@@ -129,9 +133,12 @@ def _overview(
     if isinstance(skipped, list):
         pairs.append(("corrupt samples skipped", len(skipped)))
     pairs.append(("samples in ledger", len(ledger)))
-    pairs.append(("dataset", dataset if dataset is not None else "unknown (pass --data)"))
-    if index:
-        pairs.append(("dataset samples", len(index)))
+    if dataset is None:
+        pairs.append(("dataset", "unknown (pass --data)"))
+    elif index:
+        pairs.append(("dataset", f"{dataset} ({len(index)} samples)"))
+    else:
+        pairs.append(("dataset", f"{dataset} not found (pass --data)"))
     body = f"<div>{key_values(pairs)}</div>"
     evaluation = _read_json(run.eval_path)
     if evaluation:

@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 HIST_PREFIX = "hist/"
 HIST_RANGE = (-1.0, 1.0)
 Record = dict[str, Any]
+LINE_STYLES = ("-", "--", ":", "-.")
+TOTAL_LOSS = "loss/total"
 
 
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
@@ -61,11 +63,16 @@ def _plot_lines(ax: Axes, records: Sequence[Record], keys: Sequence[str], label_
         if x.size == 0:
             continue
         window = max(1, x.size // 25)
-        (line,) = ax.plot(x, y, alpha=0.25 if window > 1 else 1.0, linewidth=1)
+        style = LINE_STYLES[drawn % len(LINE_STYLES)]  # overlapping series stay distinguishable
+        (line,) = ax.plot(x, y, alpha=0.25 if window > 1 else 1.0, linewidth=1, linestyle=style)
         if window > 1:
-            ax.plot(x, _smooth(y, window), color=line.get_color(), linewidth=2, label=label_of(key))
+            smooth = _smooth(y, window)
+            ax.plot(
+                x, smooth, color=line.get_color(), linewidth=2, linestyle=style, label=label_of(key)
+            )
         else:
             line.set_label(label_of(key))
+            line.set_linewidth(1.8)
         drawn += 1
     if drawn:
         ax.grid(alpha=0.3)
@@ -75,9 +82,14 @@ def _plot_lines(ax: Axes, records: Sequence[Record], keys: Sequence[str], label_
 
 
 def _scalar_figure(
-    records: Sequence[Record], prefix: str, title: str, ylabel: str, size: tuple[float, float]
+    records: Sequence[Record],
+    prefix: str,
+    title: str,
+    ylabel: str,
+    size: tuple[float, float],
+    skip: tuple[str, ...] = (),
 ) -> Figure | None:
-    keys = keys_with_prefix(records, prefix)
+    keys = [k for k in keys_with_prefix(records, prefix) if k not in skip]
     if not keys:
         return None
     fig = Figure(figsize=size)
@@ -90,8 +102,14 @@ def _scalar_figure(
 
 
 def loss_figure(records: Sequence[Record]) -> Figure | None:
-    """Each logged loss over training (thin: raw; thick: running mean)."""
-    return _scalar_figure(records, "loss/", "Contrastive losses", "loss", (6.0, 4.6))
+    """Each logged loss over training (thin: raw; thick: running mean).
+
+    The total is left out when the individual losses are there: it is their sum, and its scale
+    would flatten them.
+    """
+    separate = [k for k in keys_with_prefix(records, "loss/") if k != TOTAL_LOSS]
+    skip = (TOTAL_LOSS,) if separate else ()
+    return _scalar_figure(records, "loss/", "Contrastive losses", "loss", (6.0, 4.6), skip)
 
 
 def conflict_figure(records: Sequence[Record]) -> Figure | None:
