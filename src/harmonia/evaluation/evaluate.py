@@ -8,7 +8,7 @@ On the evaluation split (its misaligned samples, if any, are left out and counte
 - linear probes on frozen pooled features, fitted on the training split, scored on this split.
 On the training split, when a ledger is given: how well its conflict scores find the samples the
 index flags as misaligned, next to two baselines computed from the final model (pair cosine and
-an EL2N-style error norm of each matched pair within random blocks).
+an EL2N-style error norm of each matched pair within random blocks of about 32).
 """
 
 from __future__ import annotations
