@@ -7,8 +7,21 @@ import io
 import pytest
 import torch
 
-from harmonia.harmonization import METHODS, SPACES, Harmonizer
-from harmonizer_reference import harmonized_grads, make_problem, zero_grads
+from harmonia.harmonization import (
+    METHODS,
+    SPACES,
+    CurriculumLike,
+    Harmonizer,
+    build_curriculum,
+)
+from harmonizer_reference import (
+    harmonized_grads,
+    make_problem,
+    max_deviation,
+    plain_sum,
+    reference_grads,
+    zero_grads,
+)
 
 
 def test_unknown_method_or_space_lists_the_valid_names() -> None:
@@ -177,3 +190,17 @@ def test_retain_graph_allows_a_second_backward() -> None:
     Harmonizer("pcgrad").backward(losses, anchor)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         sum(losses.values()).backward()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ["threshold", "sigmoid", "quantile"])
+def test_shipped_curricula_satisfy_the_protocol_and_weight_the_anchor_path(name: str) -> None:
+    curriculum = build_curriculum(name)
+    assert isinstance(curriculum, CurriculumLike)
+    problem = make_problem(batch=8, seed=21)
+    got, stats = harmonized_grads(
+        problem, Harmonizer("none", "embedding", curriculum=curriculum), progress=0.0
+    )
+    assert torch.equal(stats.weights, curriculum.weights(stats.score, 0.0).double())
+    assert 0 < float(stats.weights.sum()) < 8  # early in training some samples are held back
+    want = reference_grads(problem, "embedding", plain_sum, stats.weights)
+    assert max_deviation(got, want) <= 1e-10

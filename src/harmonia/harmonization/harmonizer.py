@@ -12,6 +12,7 @@ receives the plain gradient of ``sum_k L_k``, accumulated into ``.grad`` exactly
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from harmonia.harmonization.protocols import CurriculumLike
 from harmonia.harmonization.spaces import (
     SPACES,
     batch_gram,
+    compute_dtype,
     embedding_gram,
     parameter_gram,
     verify_per_sample,
@@ -213,7 +215,7 @@ class Harmonizer:
                     f"curriculum returned weights of shape {tuple(weights.shape)}, expected ({gram.shape[0]},)"
                 )
             weights = weights.to(device=gram.device, dtype=torch.float64)
-            stats = HarmonizerStats(**{**stats.__dict__, "weights": weights})
+            stats = dataclasses.replace(stats, weights=weights)
         return stats
 
     def _apply(
@@ -230,8 +232,10 @@ class Harmonizer:
         handle = None
         if not plain:
             shape = (scale.shape[0], *([1] * (grads.dim() - 2)))
+            dtype = compute_dtype(grads)  # combine half-precision gradients in float32
             combined = sum(
-                scale[:, k].to(grads.dtype).view(shape) * grads[k] for k in range(grads.shape[0])
+                scale[:, k].to(dtype).view(shape) * grads[k].to(dtype)
+                for k in range(grads.shape[0])
             )
             assert isinstance(combined, Tensor)
             handle = anchor.register_hook(lambda g: combined.to(g.dtype))

@@ -110,16 +110,17 @@ def linear_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> 
 def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
     """Gram of per-sample weight gradients ``sum_t d_kt a_t^T``; ``a [B,T,I]``, ``d[k] [B,T,O]``.
 
-    Ghost inner products cost about ``T^2 (P O + I)`` per sample (``P`` pairs of losses),
-    materialized gradients ``M T O I``; the cheaper one is used, materializing in chunks of
-    samples to bound memory.
+    Ghost inner products cost about ``T^2 (P O + I)`` operations per sample (``P`` pairs of
+    losses), materialized gradients ``M T O I`` plus memory-bound passes over ``(M + P) O I``
+    entries (weighted 4x); the cheaper one is used, materializing in chunks of samples to bound
+    memory.
     """
     tasks = len(d)
     batch, steps, width_out = d[0].shape
     width_in = a.shape[-1]
     pairs = tasks * (tasks + 1) // 2
     ghost = steps * steps * (pairs * width_out + width_in)
-    materialize = tasks * steps * width_out * width_in + pairs * width_out * width_in
+    materialize = (tasks * steps + 4 * (tasks + pairs)) * width_out * width_in
     if ghost <= materialize:
         return ghost_gram(d, a @ a.transpose(1, 2))
     chunk = max(1, MATERIALIZE_BUDGET // (tasks * width_out * width_in))

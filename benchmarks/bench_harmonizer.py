@@ -1,0 +1,163 @@
+"""Steps per second of harmonized training steps against plain backward, side by side.
+
+Each variant runs forward + backward (no optimizer step, so the ratio shows the harmonizer's
+whole cost) on the tiny modality-agnostic VATT with VATT's two losses (NCE video-audio, MIL-NCE
+video-text) in training mode. Variants are interleaved within every repeat (the order rotates
+from one repeat to the next), and the median time of each is reported with its ratio to plain
+``sum(losses).backward()``. Time is the process's CPU time by default (one thread), which stays
+meaningful on a machine shared with other jobs; ``--clock wall`` measures wall time instead.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_harmonizer.py --batch-sizes 32 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from harmonia.harmonization import Harmonizer
+from harmonia.losses import ContrastiveObjective
+from harmonia.models import VATT, ModelConfig, WordTokenizer
+from harmonia.models.synthetic import WORDS, random_batch
+
+Step = Callable[[], None]
+
+
+def build(batch_size: int, size: str) -> tuple[VATT, ContrastiveObjective, dict[str, Any]]:
+    torch.manual_seed(0)
+    config = ModelConfig.named(size)
+    model = VATT(config, WordTokenizer.build([" ".join(WORDS)]))
+    model.train()
+    return model, ContrastiveObjective(), random_batch(config, batch_size, seed=1)
+
+
+def variants(
+    model: VATT, objective: ContrastiveObjective, batch: dict[str, Any], torchjd: bool
+) -> dict[str, Step]:
+    encoder = model.anchor_encoder()
+
+    def losses_of(out: Any) -> dict[str, torch.Tensor]:
+        return objective.reduce(objective(out), out)
+
+    def plain() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        sum(losses_of(out).values()).backward()  # type: ignore[union-attr]
+
+    def harmonized(method: str, space: str) -> Step:
+        harmonizer = Harmonizer(method, space)
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            with harmonizer.capture(encoder):
+                out = model(batch)
+            harmonizer.backward(losses_of(out), out.anchor)
+
+        return step
+
+    steps: dict[str, Step] = {"plain backward": plain}
+    for space in ("embedding", "parameters", "batch"):
+        for method in ("none", "pcgrad") if space != "batch" else ("pcgrad",):
+            steps[f"{space} {method}"] = harmonized(method, space)
+    steps["parameters upgrad"] = harmonized("upgrad", "parameters")
+    if torchjd:
+        steps["torchjd PCGrad (batch)"] = torchjd_step(model, encoder, batch, losses_of)
+    return steps
+
+
+def torchjd_step(
+    model: VATT, encoder: torch.nn.Module, batch: dict[str, Any], losses_of: Any
+) -> Step:
+    """torchjd's batch-level PCGrad on the anchor encoder (reference point, not an oracle here)."""
+    from torchjd.aggregation import PCGrad
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    shared = [p for p in encoder.parameters() if p.requires_grad]
+    shared_ids = {id(p) for p in shared}
+    rest = [p for p in model.parameters() if id(p) not in shared_ids]
+    aggregator = PCGrad()
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        losses = list(losses_of(out).values())
+        mtl_backward(
+            losses,
+            features=out.anchor,
+            shared_params=shared,
+            tasks_params=[rest] * len(losses),
+            retain_graph=True,
+        )
+        jac_to_grad(shared, aggregator)
+
+    return step
+
+
+def measure(
+    steps: dict[str, Step], repeats: int, warmup: int, clock: Callable[[], float]
+) -> dict[str, list[float]]:
+    """Seconds per step of every variant in every repeat (variants interleaved, order rotating)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = clock()
+            steps[name]()
+            times[name].append(clock() - start)
+    return times
+
+
+def report(times: dict[str, list[float]], baseline: str) -> list[str]:
+    """Median steps/s per variant and the median over repeats of the paired ratio to baseline.
+
+    Pairing each repeat's variant with the same repeat's baseline cancels slow drifts in the
+    load of a shared machine; the spread is the interquartile range of those ratios.
+    """
+    lines = [f"{'variant':<26} {'steps/s':>8} {'ratio':>6}  {'IQR of ratio':>13}"]
+    for name, seconds in times.items():
+        ratios = sorted(b / s for b, s in zip(times[baseline], seconds, strict=True))
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        lines.append(
+            f"{name:<26} {1.0 / statistics.median(seconds):>8.2f} "
+            f"{statistics.median(ratios):>5.2f}x  {q1:>5.2f}-{q3:.2f}x"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    parser.add_argument("--no-torchjd", action="store_true", help="skip the torchjd reference")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} thread(s), VATT {args.size}, train mode, forward + backward, "
+        f"{args.clock} time, median of {args.repeats} interleaved repeats"
+    )
+    for batch_size in args.batch_sizes:
+        model, objective, batch = build(batch_size, args.size)
+        steps = variants(model, objective, batch, not args.no_torchjd)
+        times = measure(steps, args.repeats, args.warmup, clock)
+        print(f"\nB={batch_size}")
+        print("\n".join(report(times, "plain backward")))
+
+
+if __name__ == "__main__":
+    main()
