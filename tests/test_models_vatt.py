@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -187,3 +189,11 @@ def test_video_patches_are_normalized_voxel_blocks(words: WordTokenizer) -> None
         video.double() / 255, torch.device("cpu"), torch.float64
     )
     torch.testing.assert_close(as_float.inputs, patches)
+
+
+def test_copies_keep_their_encoders_tied_to_their_own_modules(words: WordTokenizer) -> None:
+    model = tiny(words)
+    twin = copy.deepcopy(model)
+    assert twin.anchor_encoder().backbone is twin.backbones["shared"]
+    assert twin.anchor_encoder().tokenizer is twin.tokenizers["video"]
+    assert twin.anchor_encoder().backbone is not model.backbones["shared"]

@@ -74,10 +74,10 @@ def _size(
 _TABLE: dict[str, tuple[int, int, int, list[int], int, float, int, int]] = {
     #        width depth heads video patch   audio drop   va   vt
     "tiny":  (64,   2,    4,   [4, 16, 16],  640,  0.25,  64,  32),
-    "small": (192,  4,    6,   [4, 16, 16],  320,  0.25,  128, 64),
+    "small": (128,  4,    4,   [4, 16, 16],  640,  0.25,  128, 64),
     "base":  (768,  12,   12,  [4, 16, 16],  128,  0.5,   512, 256),
 }
 # fmt: on
 
 SIZES: dict[str, dict[str, Any]] = {name: _size(*row) for name, row in _TABLE.items()}
-"""Size name -> ModelConfig data. Token counts: video 64 for all; audio 50 / 100 / 250."""
+"""Size name -> ModelConfig data. Tokens per clip: video 64 for all sizes; audio 50 / 50 / 250."""

@@ -155,9 +155,7 @@ class TextTokenizer(ModalityTokenizer):
         """``list[str]`` (one caption each) or ``list[list[str]]`` (K each; ragged K is padded)."""
         captions, lead = _flatten_captions(self.name, raw)
         ids = self.words.encode(captions, self.max_length, device)
-        valid = (
-            ids.ne(self.words.pad_id).any(dim=1) if ids.shape[1] else ids.new_zeros(len(ids)).bool()
-        )
+        valid = ids.ne(self.words.pad_id).any(dim=1)
         return Prepared(ids, valid.view(lead), lead)
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor | None]:

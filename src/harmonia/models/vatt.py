@@ -128,7 +128,8 @@ class VATT(nn.Module):
     def encode(self, modality: str, inputs: Any, space: str | None = None) -> Tensor:
         """Normalized embeddings of one modality's raw inputs in ``space`` (no gradient).
 
-        ``space`` may be left out when the modality is in exactly one space.
+        ``space`` may be left out when the modality is in exactly one space. The model's mode
+        applies (DropToken is active in training mode): call ``model.eval()`` to evaluate.
         """
         self.encoder(modality)  # checks the name
         spaces = [s for s, sc in self.config.spaces.items() if modality in sc.heads]
