@@ -15,7 +15,12 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("data", help="build, fetch and inspect the AV-MNIST-T dataset")
     one_line_errors(parser)
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    def no_action(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=no_action)
 
     build = sub.add_parser("build", help="build AV-MNIST-T shards from MNIST + FSDD")
     one_line_errors(build)

@@ -10,13 +10,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from harmonia.cli.data import add_build_options, add_source_option, build_config, load_source
+from harmonia.cli.data import (
+    add_build_options,
+    add_source_option,
+    build_config,
+    load_source,
+    one_line_errors,
+)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo", help="build the default dataset (and, later, train + evaluate)"
     )
+    one_line_errors(parser)
     parser.add_argument("--run-dir", default="runs/demo", help="where the demo writes everything")
     add_source_option(parser)
     add_build_options(parser)
