@@ -8,6 +8,8 @@ from one repeat to the next), and the median time of each is reported with its r
 meaningful on a machine shared with other jobs; ``--clock wall`` measures wall time instead.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_harmonizer.py --batch-sizes 32 128
+
+``--breakdown`` also times the pieces of a ``parameters``-space step (median ms per piece).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ import argparse
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from harmonia.harmonization import Harmonizer
+from harmonia.harmonization.capture import Capture
+from harmonia.harmonization.layer_grams import Traced, needs_outputs, rule_for
+from harmonia.harmonization.spaces import compute_dtype, trace
 from harmonia.losses import ContrastiveObjective
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
@@ -134,6 +141,63 @@ def report(times: dict[str, list[float]], baseline: str) -> list[str]:
     return lines
 
 
+def breakdown(
+    model: VATT,
+    objective: ContrastiveObjective,
+    batch: dict[str, Any],
+    repeats: int,
+    clock: Callable[[], float],
+) -> list[str]:
+    """Median per-step time of each piece of a parameters-space step (after one warm-up step).
+
+    The pieces are the Harmonizer's own stages, run one by one; Gram rules are summed per kind
+    of layer, with the wide input projections (video and audio patches) listed apart.
+    """
+    encoder = model.anchor_encoder()
+    parts: dict[str, list[float]] = defaultdict(lambda: [0.0] * (repeats + 1))
+
+    @contextmanager
+    def piece(name: str, repeat: int) -> Iterator[None]:
+        start = clock()
+        yield
+        parts[name][repeat] += clock() - start
+
+    for r in range(repeats + 1):
+        model.zero_grad(set_to_none=True)
+        with piece("plain forward", r):
+            out = model(batch)
+        plain = objective.reduce(objective(out), out)
+        with piece("plain backward", r):
+            torch.stack(list(plain.values())).sum().backward()
+        model.zero_grad(set_to_none=True)
+        capture = Capture(encoder, keep_outputs=needs_outputs)
+        with piece("forward with capture", r), capture:
+            out = model(batch)
+        losses = list(objective.reduce(objective(out), out).values())
+        with piece("anchor gradients (loss side)", r):
+            grads = torch.stack(
+                [torch.autograd.grad(v, out.anchor, retain_graph=True)[0] for v in losses]
+            )
+        with piece("backward passes to layer outputs", r):
+            traced = trace(out.anchor, grads, capture.calls)
+        groups: dict[int, list[Traced]] = defaultdict(list)
+        for t in traced:
+            groups[id(t.call.module)].append(t)
+        for group in groups.values():
+            module = group[0].call.module
+            name = f"Grams of {type(module).__name__} layers"
+            if isinstance(module, torch.nn.Linear) and module.in_features > 4 * module.out_features:
+                name = f"Gram of Linear {module.in_features}->{module.out_features}"
+            with piece(name, r):
+                rule_for(module)(module, group, compute_dtype(grads))
+        with piece("final backward", r):
+            torch.autograd.backward(losses)
+    lines = [f"{'piece':<38} {'ms':>8}"]
+    for name, per_step in parts.items():
+        lines.append(f"{name:<38} {1000 * statistics.median(per_step[1:]):>8.1f}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
@@ -143,6 +207,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--no-torchjd", action="store_true", help="skip the torchjd reference")
+    parser.add_argument("--breakdown", action="store_true", help="time a parameters step's pieces")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -157,6 +222,9 @@ def main() -> None:
         times = measure(steps, args.repeats, args.warmup, clock)
         print(f"\nB={batch_size}")
         print("\n".join(report(times, "plain backward")))
+        if args.breakdown:
+            print(f"\nB={batch_size}, parameters space, pieces of one step (median over repeats)")
+            print("\n".join(breakdown(model, objective, batch, args.repeats, clock)))
 
 
 if __name__ == "__main__":
