@@ -388,6 +388,12 @@ def upgrad_flat(vectors: list[Tensor], sample: int = 0) -> Tensor:
     return torch.from_numpy(out)
 
 
+def upgrad_multiplier(vectors: list[Tensor]) -> float:
+    """The largest NNLS multiplier of the dual-cone projections (how ill-conditioned they are)."""
+    jac = torch.stack(vectors).numpy()
+    return max(float(nnls(jac.T, -g)[0].max()) for g in jac)
+
+
 def mgda_flat(vectors: list[Tensor], sample: int = 0) -> Tensor:
     """Min-norm point of the convex hull (Désidéri 2012), by trying every face with lstsq.
 

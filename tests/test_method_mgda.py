@@ -6,7 +6,7 @@ import torch
 from hypothesis import settings
 
 from harmonia.harmonization.methods import MGDA
-from harmonizer_reference import VECTOR_CASES, mgda_flat
+from harmonizer_reference import VECTOR_CASES, mgda_flat, random_vectors
 
 
 def combine(vectors: torch.Tensor) -> torch.Tensor:
@@ -24,9 +24,7 @@ def combine(vectors: torch.Tensor) -> torch.Tensor:
 def test_matches_face_enumeration_on_flat_vectors(
     seed: int, tasks: int, dim: int, scale: float
 ) -> None:
-    vectors = scale * torch.randn(
-        6, tasks, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
-    )
+    vectors = random_vectors(6, tasks, dim, seed, scale)
     got = combine(vectors)
     want = torch.stack([mgda_flat(list(v)) for v in vectors])
     assert torch.allclose(got, want, atol=1e-9 * scale, rtol=1e-9)

@@ -26,9 +26,20 @@ def supports(tasks: int, device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 def best_candidate(candidates: Tensor, objective: Tensor, feasible: Tensor) -> Tensor:
-    """The candidate ``[..., S, M] -> [..., M]`` with the lowest objective among feasible ones."""
+    """The feasible candidate ``[..., S, M] -> [..., M]`` with the lowest objective.
+
+    Objectives are evaluated through a unit-scale Gram matrix, so a candidate with multipliers
+    ``x`` carries a rounding error of about ``eps (1 + |x|)^2``. Candidates that cannot be told
+    apart from the best within those errors (degenerate problems, where several supports give
+    the same optimum) are decided in favour of the smallest multipliers: the best-conditioned
+    support, whose combination suffers least from cancellation.
+    """
+    size = 1.0 + candidates.abs().sum(-1)
+    error = 64 * torch.finfo(candidates.dtype).eps * size.square()
     score = torch.where(feasible, objective, torch.inf)
-    index = score.argmin(dim=-1)
+    ceiling = (score + error).amin(dim=-1, keepdim=True)
+    tied = feasible & (score - error <= ceiling)
+    index = torch.where(tied, size, torch.inf).argmin(dim=-1)
     picked = candidates.gather(
         -2, index[..., None, None].expand(*index.shape, 1, candidates.shape[-1])
     )
@@ -46,6 +57,18 @@ def normalized(gram: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     return tuple(t / scale.view(-1, *([1] * (t.dim() - 1))) for t in (gram, *others))
 
 
+def refined_solve(system: Tensor, rhs: Tensor) -> Tensor:
+    """``pinv(A) b`` for symmetric ``A [..., n, n]`` and ``b [..., n]``, plus one refinement step.
+
+    The step (solve again for the residual) recovers most of the accuracy that near-singular
+    supports lose, which matters when the optimum needs large multipliers.
+    """
+    inverse = torch.linalg.pinv(system, hermitian=True)
+    x = (inverse @ rhs[..., None]).squeeze(-1)
+    residual = rhs - (system @ x[..., None]).squeeze(-1)
+    return x + (inverse @ residual[..., None]).squeeze(-1)
+
+
 def nonnegative_qp(gram: Tensor, linear: Tensor) -> Tensor:
     """``argmin_{x >= 0} x^T G x / 2 + q^T x`` for ``G [B, M, M]`` and ``q [B, N, M]``: ``[B, N, M]``.
 
@@ -56,9 +79,8 @@ def nonnegative_qp(gram: Tensor, linear: Tensor) -> Tensor:
     sets = supports(tasks, gram.device, gram.dtype)  # [S, M]
     outer = sets[:, :, None] * sets[:, None, :]
     system = outer * gram[:, None] + torch.diag_embed(1.0 - sets)  # [B, S, M, M]
-    inverse = torch.linalg.pinv(system, hermitian=True)
     rhs = -sets * linear[:, :, None, :]  # [B, N, S, M]
-    x = (inverse[:, None] @ rhs[..., None]).squeeze(-1)
+    x = refined_solve(system[:, None], rhs)
     tolerance = 1e-9 * (1.0 + x.abs().amax(dim=-1, keepdim=True))
     feasible = (x >= -tolerance).all(dim=-1)
     x = x.clamp_min(0.0)
@@ -83,7 +105,7 @@ def simplex_min_norm(gram: Tensor) -> Tensor:
     system = torch.cat([top, bottom[:, :, None, :]], dim=-2)  # [B, S, M + 1, M + 1]
     rhs = torch.zeros(tasks + 1, dtype=gram.dtype, device=gram.device)
     rhs[-1] = 1.0
-    w = (torch.linalg.pinv(system, hermitian=True) @ rhs)[..., :tasks]
+    w = refined_solve(system, rhs.expand(*system.shape[:-1]))[..., :tasks]
     feasible = (w >= -1e-9).all(dim=-1) & ((w.sum(-1) - 1.0).abs() < 1e-9)
     w = w.clamp_min(0.0)
     w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(gram.dtype).tiny)
