@@ -31,6 +31,7 @@ from harmonia.models.synthetic import WORDS, random_batch
 from harmonia.training.distributed import (
     DistributedContext,
     accumulation,
+    clip_gradients,
     full_model_state,
     full_optimizer_state,
     load_optimizer_state,
@@ -42,6 +43,8 @@ GLOBAL_BATCH = 8
 """Samples per step over all ranks (B = 4 per rank with two ranks)."""
 STEPS = 2
 LR = 0.5
+CLIP = 5.0
+"""Gradient-norm clipping (the first step's norm is about 40: it is clipped)."""
 
 
 def model_config() -> ModelConfig:
@@ -119,7 +122,7 @@ def train_steps(
     micro_batches: int = 1,
     sync_method: bool = True,
 ) -> dict[str, Any]:
-    """``STEPS`` SGD steps with the Harmonizer; returns parameters, gradients and stats.
+    """``STEPS`` clipped SGD steps with the Harmonizer; returns parameters, gradients, stats.
 
     With ``micro_batches`` > 1 each rank's batch is split and the gradients are accumulated
     (``accumulation`` keeps DDP from reducing before the last micro-batch). ``sync_method``
@@ -130,7 +133,7 @@ def train_steps(
     harmonizer = Harmonizer(method, space, curriculum=curriculum_of(curriculum), seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     named = list(unwrap(model).named_parameters())
-    result: dict[str, Any] = {"grads": [], "cosines": [], "weights": [], "reduced": []}
+    result: dict[str, Any] = {"grads": [], "cosines": [], "weights": [], "reduced": [], "norms": []}
     for index in range(STEPS):
         batch = rows(random_batch(model_config(), GLOBAL_BATCH, seed=index + 1), ctx)
         optimizer.zero_grad(set_to_none=True)
@@ -139,6 +142,7 @@ def train_steps(
         result["grads"].append({n: full(p.grad).clone() for n, p in named if p.grad is not None})
         result["cosines"].append(cosines)
         result["weights"].append(weights)
+        result["norms"].append(clip_gradients(model.parameters(), CLIP))
         optimizer.step()
         if sync_method:
             ctx.sync_harmonizer(harmonizer)

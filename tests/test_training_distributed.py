@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from distributed_scenarios import GLOBAL_BATCH, SCENARIOS, adam_steps, ledger_states
+from distributed_scenarios import CLIP, GLOBAL_BATCH, SCENARIOS, adam_steps, ledger_states
 from harmonia.errors import ConfigError
 from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.training.distributed import (
@@ -112,6 +112,8 @@ def test_two_ranks_equal_one_process(
             interleave([p["weights"][step] for p in got]), want["weights"][step]
         )
     for part in got:
+        torch.testing.assert_close(part["norms"], want["norms"], atol=TOLERANCE, rtol=0)
+        assert want["norms"][0] > CLIP  # clipping shaped the first step, compared above
         assert part["method_state"].keys() == want["method_state"].keys()
         for key, value in want["method_state"].items():
             torch.testing.assert_close(part["method_state"][key], value, atol=1e-12, rtol=0)

@@ -371,6 +371,18 @@ def accumulation(model: nn.Module, sync: bool) -> Iterator[None]:
         set_sync(True)
 
 
+def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
+    """``clip_grad_norm_`` over the whole model on every rank; returns the total norm.
+
+    Call it after the gradients are reduced: under DDP every rank holds the same gradients;
+    under FSDP2 the norm of the sharded gradients is reduced across ranks (plain parameters,
+    e.g. the objective's temperatures, may be mixed in).
+    """
+    norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+    full_tensor = getattr(norm, "full_tensor", None)
+    return float(full_tensor() if callable(full_tensor) else norm)
+
+
 def is_sharded(model: nn.Module) -> bool:
     """True if FSDP2 manages ``model`` or one of its submodules."""
     from torch.distributed.fsdp import FSDPModule
