@@ -66,6 +66,7 @@ def step_times(
     return {
         "forward_ms": 1e3 * statistics.median(forward),
         "step_ms": 1e3 * statistics.median(full),
+        "best_step_ms": 1e3 * min(full),
     }
 
 
@@ -87,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "sizes": {},
     }
+    b = args.batch_size
     print(
-        f"| size | parameters | forward ms (B={args.batch_size}) | forward+backward ms (B={args.batch_size}) |"
+        f"| size | parameters | forward ms (B={b}) | forward+backward ms (B={b}): median / best |"
     )
     print("| --- | ---: | ---: | ---: |")
     for size in ("tiny", "small", "base"):
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fwd = f"{row['forward_ms']:.0f}" if "forward_ms" in row else "-"
         step = f"{row['step_ms']:.0f} / {row['best_step_ms']:.0f}" if "step_ms" in row else "-"
         print(f"| {size} | {row['parameters']:,} | {fwd} | {step} |", flush=True)
-    print(f"\n{results['machine']}; median of {args.steps} steps after {args.warmup} warm-up steps")
+    print(f"\n{results['machine']}; {args.steps} timed steps after {args.warmup} warm-up steps")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
