@@ -27,7 +27,7 @@ def source_location() -> str:
 def real_source_dir() -> Path | None:
     """The real source directory (mnist/ + fsdd/), or None when only the built-in set exists."""
     location = source_location()
-    return None if location == BUILTIN else Path(location)
+    return None if location == BUILTIN else Path(location).resolve()
 
 
 @pytest.fixture(scope="session")
