@@ -28,7 +28,10 @@ def test_accumulator_means_skip_non_finite() -> None:
     acc.add({"loss/va": float("nan"), "lr": 0.3})
     acc.add_values("hist/va~vt", torch.tensor([0.5, -0.5]))
     acc.add_values("hist/va~vt", torch.tensor([0.1]))
-    assert acc.means() == pytest.approx({"loss/va": 1.0, "lr": 0.2})
+    acc.add({"never": float("inf")})
+    means = acc.means()
+    assert means.pop("never") != means.get("never")  # NaN: no finite value in the interval
+    assert means == pytest.approx({"loss/va": 1.0, "lr": 0.2})
     assert acc.histograms()["hist/va~vt"].numel() == 3
     acc.reset()
     assert acc.means() == {} and acc.histograms() == {}

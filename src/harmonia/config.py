@@ -329,13 +329,16 @@ class _Converter:
             )
             if no_default and name not in kwargs:
                 self.fail(f"{prefix}{name}", "missing required value")
-        obj = cls(**kwargs)
-        validate = getattr(obj, "validate", None)
-        if callable(validate):
-            try:
+        try:
+            obj = cls(**kwargs)
+            validate = getattr(obj, "validate", None)
+            if callable(validate):
                 validate()
-            except FieldError as err:
-                self.fail(f"{prefix}{err.key}", err.message)
+        except FieldError as err:
+            self.fail(f"{prefix}{err.key}", err.message)
+        except ConfigError as err:
+            # a class that checks itself on construction (e.g. __post_init__) with its own words
+            self.fail(key, str(err))
         return obj
 
     def unknown(self, key: str, prefix: str, names: list[str]) -> typing.NoReturn:

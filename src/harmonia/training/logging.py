@@ -36,10 +36,12 @@ class MetricAccumulator:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.values: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.seen: dict[str, None] = {}  # keys in first-seen order
 
     def add(self, metrics: Mapping[str, float]) -> None:
         """Add one step's scalars; non-finite values are left out of the means."""
         for key, value in metrics.items():
+            self.seen.setdefault(key, None)
             if math.isfinite(value):
                 self.sums[key] += float(value)
                 self.counts[key] += 1
@@ -49,8 +51,8 @@ class MetricAccumulator:
         self.values[key].append(values.detach().float().reshape(-1).cpu())
 
     def means(self) -> dict[str, float]:
-        """Mean of each scalar since the last reset."""
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
+        """Mean of each scalar since the last reset (NaN when it was never finite)."""
+        return {k: self.sums[k] / self.counts[k] if self.counts[k] else math.nan for k in self.seen}
 
     def histograms(self) -> dict[str, torch.Tensor]:
         """All values of each histogram key since the last reset."""
@@ -60,6 +62,7 @@ class MetricAccumulator:
         """Start a new logging interval."""
         self.sums.clear()
         self.counts.clear()
+        self.seen.clear()
         self.values.clear()
 
 

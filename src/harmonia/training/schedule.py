@@ -1,10 +1,12 @@
-"""Learning-rate schedule: linear warm-up then cosine decay (VATT's recipe), as a LambdaLR."""
+"""Learning-rate schedule: linear warm-up then cosine decay (VATT's recipe), a function of the step.
+
+As in nanoGPT the loop sets the rate of every parameter group from the step number before each
+optimizer step, so the schedule has no state of its own: resuming at step N resumes it too.
+"""
 
 from __future__ import annotations
 
 import math
-
-import torch
 
 
 def warmup_cosine_factor(
@@ -25,30 +27,25 @@ def warmup_cosine_factor(
 
 
 class WarmupCosine:
-    """Picklable-free schedule callable for LambdaLR (its state lives in the scheduler's step)."""
+    """The learning rate of each step of a run: ``lr * warmup_cosine_factor(step, ...)``."""
 
-    def __init__(self, total_steps: int, warmup_steps: int, min_ratio: float, cosine: bool) -> None:
+    def __init__(
+        self,
+        lr: float,
+        total_steps: int,
+        warmup_fraction: float,
+        *,
+        min_ratio: float = 0.0,
+        cosine: bool = True,
+    ) -> None:
+        self.lr = lr
         self.total_steps = total_steps
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = round(warmup_fraction * total_steps)
         self.min_ratio = min_ratio
         self.cosine = cosine
 
     def __call__(self, step: int) -> float:
-        return warmup_cosine_factor(
+        factor = warmup_cosine_factor(
             step, self.total_steps, self.warmup_steps, min_ratio=self.min_ratio, cosine=self.cosine
         )
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    total_steps: int,
-    warmup_fraction: float,
-    *,
-    min_ratio: float = 0.0,
-    cosine: bool = True,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR following `warmup_cosine_factor`; warm-up length is a fraction of the run."""
-    warmup = round(warmup_fraction * total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(total_steps, warmup, min_ratio, cosine)
-    )
+        return self.lr * factor

@@ -1,0 +1,70 @@
+"""`harmonia train CONFIG --out RUN_DIR [--data DATASET_DIR] [--resume] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from harmonia.cli.data import one_line_errors
+
+
+def register(subparsers: Any) -> None:
+    """Add the `train` command."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model from a config into a run directory",
+        description="Train VATT with cross-modality gradient harmonization. CONFIG is a shipped "
+        "config name (see `harmonia config list`) or a YAML file; key=value pairs override it "
+        "(e.g. harmonize.method=pcgrad train.steps=500).",
+    )
+    one_line_errors(parser)
+    parser.__class__ = _IntermixedParser
+    parser.add_argument("config", help="shipped config name (e.g. demo) or YAML file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--out", required=True, help="run directory (metrics, checkpoints, model)")
+    parser.add_argument("--data", default=None, help="dataset directory (default: data.dir)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run's newest checkpoint"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides come before, between or after the options.
+
+    Plain argparse assigns positionals from the first run of them only, so in
+    ``train demo --out RUN steps=5`` the override would be rejected.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; a stop signal ends with a checkpoint and exit code 0."""
+    from harmonia.training.loop import train_named
+
+    overrides = list(args.overrides)
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    summary = train_named(args.config, args.out, overrides, data_dir=args.data, resume=args.resume)
+    final = {k: v for k, v in summary["final_metrics"].items() if k.startswith(("loss/", "val/"))}
+    print(
+        f"{summary['status']} after {summary['steps']} steps in {summary['time_s']:.1f} s; "
+        f"run directory: {args.out}"
+    )
+    if final:
+        print(json.dumps(final, indent=1, sort_keys=True))
+    if summary["skipped_samples"]:
+        print(f"skipped {summary['skipped_samples']} corrupt samples (listed in summary.json)")
+    return 0

@@ -1,0 +1,390 @@
+"""The training loop: data -> VATT -> contrastive losses -> Harmonizer -> AdamW, top to bottom.
+
+Every harmonization method takes the same path: the Harmonizer's backward replaces
+``sum(losses).backward()`` (method ``none`` is the VATT baseline), so there is one training step
+for all of them. A run directory receives the resolved config, metrics (JSONL + TensorBoard),
+atomic checkpoints, and at the end the model, the conflict ledger and a summary. ``resume``
+continues from the newest checkpoint exactly: same batches, same random numbers, same
+optimizer state, so on CPU 2N steps equal N steps + resume + N steps bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from harmonia.config import to_dict, to_yaml
+from harmonia.errors import CheckpointError, ConfigError, HarmoniaError
+from harmonia.harmonization import Harmonizer
+from harmonia.harmonization.curriculum import build_curriculum
+from harmonia.harmonization.ledger import ConflictLedger
+from harmonia.harmonization.sampler import CurriculumSampler
+from harmonia.losses import ContrastiveObjective
+from harmonia.models import VATT, WordTokenizer
+from harmonia.training import data as train_data
+from harmonia.training.batches import BatchStream, EpochSampler, ResumableSampler
+from harmonia.training.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from harmonia.training.config import HarmonizeConfig, TrainConfig, load_train_config
+from harmonia.training.guard import BadStepGuard
+from harmonia.training.logging import MetricAccumulator, MetricLogger
+from harmonia.training.schedule import WarmupCosine
+from harmonia.training.signals import StopRequest
+from harmonia.training.validation import validate
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+MODEL_DIR = "model"
+LEDGER_CSV = "ledger.csv"
+RESUMABLE_CHANGES = ("train.", "eval.", "data.dir", "data.num_workers", "data.source")
+"""Config keys that may differ when resuming a run (they do not change what is computed)."""
+
+
+def train_named(
+    config: str | Path,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train from a shipped config name (e.g. ``demo``) or a YAML path into the run dir ``out``."""
+    cfg = load_train_config(config, overrides)
+    return train(cfg, out, data_dir=data_dir, resume=resume)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train from ``cfg`` into the run directory ``out``; returns what RUN/summary.json holds."""
+    run_dir = Path(out)
+    started = time.time()
+    checkpoint = _checkpoint_to_resume(run_dir, cfg) if resume else None
+    if checkpoint is None:
+        _refuse_to_overwrite(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    steps = cfg.train.steps
+    step = 0 if checkpoint is None else checkpoint.step
+
+    # ---- data: the dataset (built if absent), its training split, a validation subset
+    dataset_dir = train_data.ensure_dataset(cfg.data, data_dir, progress=cfg.train.progress)
+    train_set = train_data.open_split(dataset_dir, cfg.data.train_split)
+    train_data.check_model_inputs(dataset_dir, cfg.model)
+    val_batches = train_data.validation_batches(
+        dataset_dir, cfg.data.val_split, cfg.eval, cfg.data.num_workers
+    )
+
+    # ---- model (vocabulary from the training captions), losses, harmonizer, ledger
+    if checkpoint is None:
+        captions = train_data.split_captions(dataset_dir, cfg.data.train_split)
+        model = VATT(cfg.model, WordTokenizer.build(captions))
+    else:
+        model = VATT.from_pretrained(checkpoint.path)
+    model.to(device)
+    objective = ContrastiveObjective(cfg.losses.resolved()).to(device)
+    harmonizer = build_harmonizer(cfg.harmonize, cfg.train.seed)
+    ledger = None
+    if cfg.harmonize.ledger.enabled:
+        options = cfg.harmonize.ledger
+        ledger = ConflictLedger(options.decay, options.prior, options.conflict_threshold)
+
+    # ---- batches: the ledger-driven sampler or a plain shuffle, resumable mid-epoch
+    sampler: ResumableSampler
+    if ledger is not None and cfg.harmonize.sampler.enabled:
+        s = cfg.harmonize.sampler
+        sampler = CurriculumSampler(
+            train_set.ids,
+            ledger,
+            sharpness=s.sharpness,
+            warmup=s.warmup,
+            shape=s.shape,
+            seed=cfg.train.seed,
+        )
+    else:
+        sampler = EpochSampler(len(train_set), seed=cfg.train.seed)
+    stream = BatchStream(
+        train_set,
+        sampler,
+        batch_size=cfg.data.batch_size,
+        collate_fn=train_data.collate_for(train_set),
+        num_workers=cfg.data.num_workers,
+        seed=cfg.train.seed,
+        pin_memory=device.type == "cuda",
+        progress=lambda: min(step / steps, 1.0),
+    )
+
+    # ---- AdamW with warm-up + cosine, gradient clipping, the NaN/Inf guard
+    o = cfg.optim
+    trainable = [p for p in (*model.parameters(), *objective.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        param_groups(model, objective, weight_decay=o.weight_decay),
+        lr=o.lr,
+        betas=o.betas,
+        eps=o.eps,
+    )
+    schedule = WarmupCosine(
+        o.lr, steps, o.warmup_fraction, min_ratio=o.min_lr_ratio, cosine=o.schedule == "cosine"
+    )
+    clip = o.grad_clip if o.grad_clip is not None else math.inf
+    guard = BadStepGuard(cfg.train.max_bad_steps)
+    skipped: list[dict[str, str]] = []
+    elapsed_before = 0.0
+
+    if checkpoint is not None:
+        state = checkpoint.state
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        harmonizer.load_state_dict(state["harmonizer"])
+        if ledger is not None:
+            ledger.load_state_dict(_saved_ledger(checkpoint), source=str(checkpoint.path))
+        stream.load_state_dict(state["data"])
+        guard.load_state_dict(state["guard"])
+        skipped = list(state["skipped"])
+        elapsed_before = float(state["elapsed"])
+        set_rng_state(state["rng"])  # last: everything above may draw random numbers
+    (run_dir / CONFIG_FILE).write_text(to_yaml(cfg), encoding="utf-8")
+
+    def save(at_step: int) -> Path:
+        state = {
+            "config": to_dict(cfg),
+            "objective": objective.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "harmonizer": harmonizer.state_dict(),
+            "data": stream.state_dict(),
+            "guard": guard.state_dict(),
+            "skipped": skipped,
+            "elapsed": elapsed_before + time.time() - started,
+            "rng": rng_state(),
+        }
+        return save_checkpoint(
+            run_dir,
+            at_step,
+            model=model,
+            state=state,
+            ledger=None if ledger is None else ledger.state_dict(),
+            keep_last=cfg.train.keep_last,
+        )
+
+    # ---- the loop
+    autocast = bf16_autocast(device, cfg.train.bf16)
+    encoder = model.anchor_encoder()
+    metrics = MetricAccumulator()
+    last_row: dict[str, float] = {}
+    stopped_by: str | None = None
+    busy, samples, steps_done = 0.0, 0, 0  # since the last log row
+    bar = tqdm(total=steps, initial=step, disable=not cfg.train.progress, desc="train", unit="step")
+    with StopRequest() as stop, MetricLogger(run_dir, resume_step=step if resume else None) as log:
+        model.train()
+        while step < steps:
+            tick = time.perf_counter()
+            batch = next(stream)
+            skipped.extend(batch["skipped"])
+            ids = list(batch["id"])
+            if len(ids) < 2:  # every sample of the batch was corrupt: nothing to contrast
+                continue
+
+            with harmonizer.capture(encoder), autocast:
+                output = model(batch)
+                losses = objective.reduce(objective(output), output)
+            values = {name: float(loss.detach()) for name, loss in losses.items()}
+            optimizer.zero_grad(set_to_none=True)
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            stats, grad_norm = None, math.nan
+            if guard.is_finite(values.values()):
+                stats = harmonizer.backward(
+                    losses, output.anchor, encoder=encoder, sample_ids=ids, progress=step / steps
+                )
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
+            ok = guard.is_finite([*values.values(), grad_norm])
+            if ok:
+                optimizer.step()
+                if ledger is not None and stats is not None and len(stats.score) == len(ids):
+                    ledger.update(ids, stats.score, step)  # not in batch space: no per-sample
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                tqdm.write(f"step {step + 1}: non-finite loss or gradient {values}; skipped")
+            step += 1
+            bar.update(1)
+            busy += time.perf_counter() - tick
+            samples += len(ids)
+            steps_done += 1
+
+            # ---- metrics: averaged over the steps since the last row
+            scalars = {f"loss/{name}": v for name, v in values.items()}
+            scalars.update({"loss/total": sum(values.values()), "lr": lr, "grad_norm": grad_norm})
+            scalars.update({"bad_step": float(not ok), "skipped": float(len(batch["skipped"]))})
+            if ok and stats is not None:
+                scalars.update(stats.to_metrics())
+                cosines = stats.cosines.detach().float().cpu()
+                for k, first in enumerate(stats.names):
+                    for m in range(k + 1, len(stats.names)):
+                        metrics.add_values(f"hist/{first}~{stats.names[m]}", cosines[:, k, m])
+            metrics.add(scalars)
+            row: dict[str, float] = {}
+            hists: dict[str, torch.Tensor] = {}
+            if step % cfg.train.log_every == 0 or step == steps:
+                row.update(metrics.means())
+                row["throughput"] = samples / max(busy, 1e-9)
+                row["step_time"] = busy / max(steps_done, 1)
+                row["data_wait"] = stream.take_wait() / max(busy, 1e-9)
+                hists = metrics.histograms()
+                metrics.reset()
+                busy, samples, steps_done = 0.0, 0, 0
+                bar.set_postfix(loss=f"{row.get('loss/total', math.nan):.3f}", lr=f"{lr:.2e}")
+            every = cfg.train.eval_every
+            if val_batches is not None and ((every and step % every == 0) or step == steps):
+                row.update(validate(model, objective, val_batches(), autocast=autocast))
+            if row:
+                log.log(step, row, hists)
+                last_row.update(row)
+
+            # ---- checkpoints, the NaN/Inf stop, a stop signal
+            if guard.update(ok):
+                path = save(step)
+                bar.close()
+                raise guard.error(step, path)
+            stopping = stop.requested and step < steps
+            if stopping or step % cfg.train.checkpoint_every == 0 or step == steps:
+                save(step)
+            if stopping:
+                stopped_by = stop.signal_name
+                tqdm.write(f"{stopped_by}: checkpoint of step {step} written; resume with --resume")
+                break
+    bar.close()
+    stream.close()
+
+    finished = step >= steps and stopped_by is None
+    if finished:
+        model.save_pretrained(run_dir / MODEL_DIR)
+        if ledger is not None:
+            ledger.to_csv(run_dir / LEDGER_CSV)
+    summary = {
+        "status": "finished" if finished else f"stopped by {stopped_by}",
+        "steps": step,
+        "target_steps": steps,
+        "time_s": elapsed_before + time.time() - started,
+        "bad_steps": guard.total,
+        "skipped_samples": len(skipped),
+        "skipped": skipped,
+        "final_metrics": last_row,
+        "dataset": str(dataset_dir),
+        "device": str(device),
+    }
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def build_harmonizer(cfg: HarmonizeConfig, seed: int) -> Harmonizer:
+    """The Harmonizer of the config: method, space, optional curriculum, method options."""
+    curriculum = None
+    if cfg.curriculum is not None:
+        options = dict(cfg.curriculum)
+        curriculum = build_curriculum(options.pop("name"), **options)
+    try:
+        return Harmonizer(
+            method=cfg.method, space=cfg.space, curriculum=curriculum, seed=seed, **cfg.options
+        )
+    except ValueError as err:
+        raise ConfigError(f"harmonize: {err}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarmoniaError(f"train.device is {name!r} but no CUDA device is available")
+    return torch.device(name)
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> Any:
+    """bfloat16 autocast on CUDA when enabled; a no-op context elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def param_groups(*modules: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices, none on biases, norms and scalars."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for module in modules:
+        for param in module.parameters():
+            if param.requires_grad:
+                (decay if param.dim() >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def config_changes(
+    saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
+) -> list[str]:
+    """Dotted keys whose values differ between two plain config trees."""
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changed += config_changes(a, b, f"{path}.")
+        elif a != b:
+            changed.append(path)
+    return changed
+
+
+def _checkpoint_to_resume(run_dir: Path, cfg: TrainConfig) -> Checkpoint:
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise CheckpointError(f"nothing to resume: no checkpoint in {run_dir / 'checkpoints'}")
+    checkpoint = load_checkpoint(path)
+    changed = [
+        key
+        for key in config_changes(checkpoint.state.get("config", {}), to_dict(cfg))
+        if not key.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        shown = ", ".join(changed[:4]) + (
+            f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        )
+        raise CheckpointError(
+            f"cannot resume {run_dir}: the config differs from the run's at {shown} "
+            f"(resume with {run_dir / CONFIG_FILE}, or start a new run)"
+        )
+    return checkpoint
+
+
+def _saved_ledger(checkpoint: Checkpoint) -> dict[str, Any]:
+    if checkpoint.ledger is None:
+        raise CheckpointError(f"{checkpoint.path}: no ledger saved, but the config enables one")
+    return checkpoint.ledger
+
+
+def _refuse_to_overwrite(run_dir: Path) -> None:
+    if list_checkpoints(run_dir) or (run_dir / MODEL_DIR).exists():
+        raise HarmoniaError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
