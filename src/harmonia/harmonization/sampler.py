@@ -89,6 +89,7 @@ class CurriculumSampler(Sampler[int]):
         self._progress: float | None = None
         self._order: np.ndarray | None = None
         self._position = 0
+        self._resumed = False
 
     def __len__(self) -> int:
         return self.num_samples
@@ -148,10 +149,12 @@ class CurriculumSampler(Sampler[int]):
         return order[self.rank : size : self.world_size].astype(np.int64)
 
     def __iter__(self) -> Iterator[int]:
-        if self._order is None or self._position >= self._order.size:
-            if self._order is None:
-                self._order = self._plan()
+        resumed, self._resumed = self._resumed, False
+        if self._order is None:
+            self._order = self._plan()
             self._position = 0
+        elif self._position >= self._order.size and not resumed:
+            self._position = 0  # a finished epoch iterated again replays it; a resumed one is done
         while self._position < self._order.size:
             index = int(self._order[self._position])
             self._position += 1
@@ -204,6 +207,7 @@ class CurriculumSampler(Sampler[int]):
         self._progress = state["progress"]
         self._order = order if planned else None
         self._position = position if planned else 0
+        self._resumed = True
 
 
 def _check(ok: bool, field: str, message: str, value: object) -> None:
