@@ -183,7 +183,14 @@ class VATT(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, (nn.Linear, nn.Embedding)):
+    """Embeddings (positions, aggregation tokens, words) start small; Linear layers keep
+    PyTorch's fan-in scaled default.
+
+    With every Linear at std 0.02 instead, the tiny and small models start with nearly
+    identical embeddings for every sample (pairwise cosine ~0.99) and the contrastive losses
+    collapse to log(B) within a few dozen steps on the 3000-clip dataset (measured: both losses
+    flat at 3.466 for B = 32); the fan-in default keeps the input signal above the shared
+    position and aggregation embeddings.
+    """
+    if isinstance(module, nn.Embedding):
         nn.init.trunc_normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
