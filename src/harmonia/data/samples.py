@@ -39,6 +39,8 @@ def decode_members(key: str, members: Mapping[str, bytes], spec: MediaSpec) -> d
     captions = meta.get("captions") if isinstance(meta, dict) else None
     if not (isinstance(captions, list) and captions and all(isinstance(c, str) for c in captions)):
         raise CorruptSample("json member has no list of caption strings")
+    if not any(c.strip() for c in captions):
+        raise CorruptSample(f"json member's {len(captions)} captions are all zero-length")
     sample_id = meta.get("id", key)
     if sample_id != key:
         raise CorruptSample(f"json id {sample_id!r} does not match member name {key!r}")
