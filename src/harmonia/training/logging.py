@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -135,10 +136,15 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Keep only rows up to ``step`` (a resumed run rewrites what came after its checkpoint)."""
+    """Keep only rows up to ``step`` (a resumed run rewrites what came after its checkpoint).
+
+    Written beside and renamed over: a kill while rewriting keeps the rows already logged.
+    """
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
     text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
-    Path(path).write_text(text, encoding="utf-8")
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _finite_or_none(value: float) -> float | None:
