@@ -106,7 +106,10 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     """Delete all but the ``keep_last`` newest checkpoints, and leftovers of interrupted writes."""
     root = Path(run_dir) / CHECKPOINTS
     for old in list_checkpoints(run_dir)[: -keep_last or None]:
-        shutil.rmtree(old, ignore_errors=True)
+        # renamed out of the listing first: a kill while deleting never leaves half a checkpoint
+        doomed = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}old-{old.name}-", dir=root)
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     for stale in root.glob(f"{_TEMP_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
