@@ -213,6 +213,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             stats, grad_norm = None, math.nan
+            harmonizer_state = harmonizer.state_dict()  # a skipped step must not move it
             if guard.is_finite(values.values()):
                 stats = harmonizer.backward(
                     losses, output.anchor, encoder=encoder, sample_ids=ids, progress=step / steps
@@ -225,6 +226,7 @@ def train(
                     ledger.update(ids, stats.score, step)  # not in batch space: no per-sample
             else:
                 optimizer.zero_grad(set_to_none=True)
+                harmonizer.load_state_dict(harmonizer_state)
                 tqdm.write(f"step {step + 1}: non-finite loss or gradient {values}; skipped")
             step += 1
             bar.update(1)
