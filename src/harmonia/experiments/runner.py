@@ -1,0 +1,231 @@
+"""Run the study's training runs in a pool of processes, each run cached by its result file.
+
+One task = train (harmonia.training.loop.train) + evaluate (harmonia.evaluation.evaluate) + a
+compact `result.json` holding the numbers the report needs. A run whose result.json exists with
+the same fingerprint (resolved config + dataset checksum) is not run again, so an interrupted
+study resumes where it stopped; a run interrupted mid-training continues from its newest
+checkpoint. Each worker process uses one torch thread (OMP_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harmonia.experiments.plan import Budget, RunSpec
+
+RESULT_FILE = "result.json"
+EVAL_FILE = "eval.json"
+
+
+def fingerprint(config: Mapping[str, Any], dataset_checksum: str) -> str:
+    """Identity of what a run computes: its resolved config (minus paths) and its data."""
+    data = {k: v for k, v in config.get("data", {}).items() if k not in ("dir", "source")}
+    payload = {**config, "data": data, "dataset": dataset_checksum}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolved_config(spec: RunSpec, budget: Budget, dataset: Path) -> Any:
+    """The TrainConfig of a run (variant config + budget overrides + the dataset path)."""
+    from harmonia.training.config import load_train_config
+
+    return load_train_config(spec.config, [*spec.overrides(budget), f"data.dir={dataset}"])
+
+
+def cached_result(run_dir: Path, expected: str) -> dict[str, Any] | None:
+    """The run's result if it was computed with the fingerprint `expected`, else None."""
+    path = run_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if result.get("fingerprint") == expected else None
+
+
+def run_one(spec: RunSpec, budget: Budget, dataset: Path, run_dir: Path) -> dict[str, Any]:
+    """Train and evaluate one run; write and return its result (the cached one if valid)."""
+    import torch
+
+    from harmonia.config import to_dict
+    from harmonia.data.index import load_summary
+    from harmonia.evaluation.evaluate import evaluate
+    from harmonia.evaluation.run_dir import RunDir
+    from harmonia.models import VATT
+    from harmonia.training.checkpoint import latest_checkpoint
+    from harmonia.training.loop import train
+
+    torch.set_num_threads(1)
+    cfg = resolved_config(spec, budget, dataset)
+    expected = fingerprint(to_dict(cfg), load_summary(dataset)["checksum"])
+    cached = cached_result(run_dir, expected)
+    if cached is not None:
+        return cached
+
+    started = time.time()
+    resume = run_dir.is_dir() and latest_checkpoint(run_dir) is not None
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # interrupted before its first checkpoint, or a stale run
+    summary = train(cfg, run_dir, data_dir=dataset, resume=resume)
+    train_seconds = time.time() - started
+
+    run = RunDir(run_dir)
+    model = VATT.from_pretrained(run.require_model())
+    evaluation = evaluate(
+        model,
+        dataset,
+        "test",
+        train_split="train",
+        ledger=run.ledger(),
+        batch_size=budget.eval_batch_size,
+        max_train=budget.train,
+    )
+    _write_json(run_dir / EVAL_FILE, evaluation)
+    result = {
+        "name": spec.name,
+        "spec": asdict(spec),
+        "fingerprint": expected,
+        "budget": budget.name,
+        "train": {
+            "steps": summary["steps"],
+            "time_s": summary["time_s"],
+            "bad_steps": summary["bad_steps"],
+            "skipped_samples": summary["skipped_samples"],
+            "final": {
+                k: v
+                for k, v in summary["final_metrics"].items()
+                if k.startswith(("loss/", "val/", "conflict/"))
+            },
+        },
+        "conflict": conflict_trace(run.metrics()),
+        "eval": evaluation,
+        "ledger": ledger_by_flag(run_dir / "ledger.csv", dataset),
+        "seconds": time.time() - started,
+        "train_seconds": train_seconds,
+    }
+    _write_json(run_dir / RESULT_FILE, result)
+    return result
+
+
+def conflict_trace(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per loss pair: the logged steps, fraction of conflicting samples and mean gradient cosine."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("conflict/") and key.endswith("/fraction") and value is not None:
+                pair = key.split("/")[1]
+                entry = out.setdefault(pair, {"step": [], "fraction": [], "mean_cos": []})
+                cos = row.get(f"conflict/{pair}/mean_cos")
+                entry["step"].append(float(row["step"]))
+                entry["fraction"].append(float(value))
+                entry["mean_cos"].append(float("nan") if cos is None else float(cos))
+    return out
+
+
+def ledger_by_flag(ledger_csv: Path, dataset: Path) -> dict[str, list[float]]:
+    """Final ledger scores grouped by ground truth: clean, text, audio, both (misaligned parts)."""
+    from harmonia.data.index import load_labels
+
+    if not ledger_csv.is_file():
+        return {}
+    labels = load_labels(dataset)
+    groups: dict[str, list[float]] = {"clean": [], "text": [], "audio": [], "both": []}
+    with ledger_csv.open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            record = labels.get(row["id"])
+            if record is None or "misaligned_text" not in record:
+                continue
+            text, audio = bool(record["misaligned_text"]), bool(record["misaligned_audio"])
+            group = "both" if text and audio else "text" if text else "audio" if audio else "clean"
+            groups[group].append(round(float(row["score"]), 5))
+    return groups
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _task(spec: RunSpec, budget: Budget, dataset: str, run_dir: str) -> dict[str, Any]:
+    try:
+        return run_one(spec, budget, Path(dataset), Path(run_dir))
+    except BaseException as err:  # reported by the parent, the study goes on
+        return {
+            "name": spec.name,
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=6),
+        }
+
+
+def run_all(
+    tasks: Sequence[tuple[RunSpec, Path, Path]],
+    budget: Budget,
+    *,
+    jobs: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Run every (spec, dataset, run_dir) task; results by run name, failures hold "error"."""
+    results: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[RunSpec, Path, Path]] = []
+    from harmonia.config import to_dict
+    from harmonia.data.index import load_summary
+
+    for spec, dataset, run_dir in tasks:
+        expected = fingerprint(
+            to_dict(resolved_config(spec, budget, dataset)), load_summary(dataset)["checksum"]
+        )
+        cached = cached_result(run_dir, expected)
+        if cached is not None:
+            results[spec.name] = cached
+        else:
+            pending.append((spec, dataset, run_dir))
+    log(f"{len(tasks)} runs: {len(results)} cached, {len(pending)} to run with {jobs} processes")
+    if not pending:
+        return results
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers before torch loads
+    started = time.time()
+    done = 0
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker) as pool:
+        futures: dict[Future[dict[str, Any]], RunSpec] = {
+            pool.submit(_task, spec, budget, str(dataset), str(run_dir)): spec
+            for spec, dataset, run_dir in pending
+        }
+        for future in as_completed(futures):
+            spec = futures[future]
+            result = {**future.result(), "_fresh": True}
+            results[spec.name] = result
+            done += 1
+            elapsed = time.time() - started
+            eta = elapsed / done * (len(pending) - done)
+            if "error" in result:
+                log(f"[{done}/{len(pending)}] {spec.name} FAILED: {result['error']}")
+                print(result.get("traceback", ""), file=sys.stderr)
+            else:
+                log(
+                    f"[{done}/{len(pending)}] {spec.name} done in {result['seconds']:.0f} s "
+                    f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left)"
+                )
+    return results

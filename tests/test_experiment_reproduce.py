@@ -1,0 +1,196 @@
+"""The reproduction study: plan, statistics, the clean+extra view, and a smoke run end to end.
+
+The smoke run (one seed, three steps, tiny data) exercises every part of
+`harmonia experiment reproduce`: shared datasets, the process pool, the per-run cache and resume,
+figures and RESULTS.md. Its numbers mean nothing; the assertions are about the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harmonia.cli import main
+from harmonia.data import ShardDataset, build_dataset, load_labels, read_index
+from harmonia.data.config import BuildConfig
+from harmonia.data.sources import SourceData
+from harmonia.experiments.analysis import Stat, paired, verdict
+from harmonia.experiments.datasets import extra_view
+from harmonia.experiments.plan import BUDGETS, VARIANTS, Budget, make_plan
+from harmonia.experiments.study import reproduce
+
+
+def test_the_full_plan_covers_every_cell_of_the_study() -> None:
+    budget = BUDGETS["full"]
+    plan = make_plan(budget)
+    names = [r.name for r in plan.runs]
+    assert len(names) == len(set(names))
+    assert budget.seeds >= 3
+    ablation = plan.by_study("ablation")
+    cells = {(r.variant, r.noise) for r in ablation}
+    assert cells == {(v, n) for v in VARIANTS for n in (0.0, 0.2, 0.4)}
+    for cell in cells:
+        seeds = sorted(r.seed for r in ablation if (r.variant, r.noise) == cell)
+        assert seeds == list(range(budget.seeds))
+    assert {r.space for r in plan.by_study("space")} == {"parameters"}
+    assert {r.backbone for r in plan.by_study("backbone")} == {"modality_specific"}
+    scaling = plan.by_study("scaling")
+    assert {r.variant for r in scaling} == {"baseline", "gr+cl"}
+    assert all(r.data == "clean+extra" and r.noise == 0.0 for r in scaling)
+    keys = {d.key for d in plan.datasets}
+    assert all(r.dataset in keys or r.dataset.removesuffix("+extra") in keys for r in plan.runs)
+    clean = next(d for d in plan.datasets if d.noise == 0.0)
+    assert clean.extra == budget.train and clean.extra_noise == 0.5
+
+
+def test_a_budget_without_clean_data_is_refused() -> None:
+    with pytest.raises(ValueError, match="noise rate 0"):
+        Budget(
+            "x", seeds=1, steps=1, train=1, val=1, test=1, noise_rates=(0.2,), contrast_noise=0.2
+        )
+
+
+def test_stat_and_paired_differences_match_a_direct_computation() -> None:
+    base = [0.50, 0.55, 0.45, 0.52]
+    var = [0.58, 0.62, 0.53, 0.51]
+
+    def runs(values: list[float]) -> list[dict[str, Any]]:
+        return [{"spec": {"seed": s}, "value": v} for s, v in enumerate(values)]
+
+    stat = Stat.of(base)
+    assert stat is not None
+    assert stat.mean == pytest.approx(statistics.mean(base))
+    assert stat.std == pytest.approx(statistics.stdev(base))
+    # seed 3 is missing from the variant: the pairing must drop it from both arms
+    delta = paired(runs(base), runs(var[:3]), lambda r: r["value"])
+    assert delta is not None
+    diffs = [v - b for v, b in zip(var[:3], base[:3], strict=True)]
+    assert delta.diff.n == 3
+    assert delta.diff.mean == pytest.approx(statistics.mean(diffs))
+    assert delta.diff.std == pytest.approx(statistics.stdev(diffs))
+    assert delta.wins == 3
+    pooled = math.sqrt((statistics.stdev(base[:3]) ** 2 + statistics.stdev(var[:3]) ** 2) / 2)
+    assert delta.effect == pytest.approx(statistics.mean(diffs) / pooled)
+    assert verdict(delta) == "helps"
+    assert verdict(paired(runs(var[:3]), runs(base[:3]), lambda r: r["value"])) == "hurts"
+    mixed = paired(runs(base), runs(var), lambda r: r["value"])  # seed 3: the variant loses
+    assert verdict(mixed) == "no clear effect"
+    one = paired(runs(base[:1]), runs(var[:1]), lambda r: r["value"])
+    assert verdict(one) == "too few seeds"
+
+
+def test_the_extra_view_trains_on_clean_then_extra_clips(
+    tmp_path: Path, data_source: SourceData
+) -> None:
+    config = BuildConfig(
+        seed=0, sizes={"train": 12, "val": 4, "test": 4}, noise=0.0, extra=10, extra_noise=0.5
+    )
+    dataset = tmp_path / "d"
+    build_dataset(config, data_source, dataset, workers=1, progress=False)
+    view = extra_view(dataset, tmp_path / "view")
+    records = read_index(view, "train")
+    originals = read_index(dataset)
+    train_ids = [r["id"] for r in originals if r["split"] == "train"]
+    extra_ids = [r["id"] for r in originals if r["split"] == "extra"]
+    assert [r["id"] for r in records] == train_ids + extra_ids
+    labels, truth = load_labels(view), load_labels(dataset)
+    flags = ("misaligned_text", "misaligned_audio")
+    assert all(labels[i][f] == truth[i][f] for i in truth for f in flags)
+    assert any(labels[i]["misaligned_text"] or labels[i]["misaligned_audio"] for i in extra_ids)
+    assert not any(labels[i]["misaligned_text"] or labels[i]["misaligned_audio"] for i in train_ids)
+    merged = ShardDataset(view, "train")
+    sample = merged[merged.index_of(extra_ids[-1])]
+    assert sample["id"] == extra_ids[-1] and sample["video"].shape[0] == 16
+    assert extra_view(dataset, tmp_path / "view") == tmp_path / "view"  # reused, not rewritten
+
+
+SMOKE = BUDGETS["smoke"]
+
+
+def _smoke(root: Path, source: str, logs: list[str]) -> dict[str, Any]:
+    return reproduce(
+        SMOKE,
+        root / "work",
+        results_md=root / "docs" / "RESULTS.md",
+        figures_dir=root / "docs" / "figures",
+        jobs=2,
+        source=source,
+        command="harmonia experiment reproduce --budget smoke",
+        log=logs.append,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_study(
+    tmp_path_factory: pytest.TempPathFactory, real_source_dir: Path | None
+) -> dict[str, Any]:
+    source = str(real_source_dir) if real_source_dir else "builtin"
+    root = tmp_path_factory.mktemp("study")
+    logs: list[str] = []
+    outcome = _smoke(root, source, logs)
+    return {"root": root, "outcome": outcome, "logs": logs, "source": source}
+
+
+def test_smoke_study_runs_every_run_and_writes_the_page(smoke_study: dict[str, Any]) -> None:
+    root, outcome = smoke_study["root"], smoke_study["outcome"]
+    plan = make_plan(SMOKE)
+    assert outcome["failed"] == []
+    assert [r["name"] for r in outcome["results"]] == [r.name for r in plan.runs]
+    for result in outcome["results"]:
+        run_dir = root / "work" / "runs" / result["name"]
+        assert (
+            json.loads((run_dir / "result.json").read_text())["fingerprint"]
+            == result["fingerprint"]
+        )
+        assert result["train"]["steps"] == SMOKE.steps
+        assert 0.0 <= result["eval"]["zero_shot"]["digit"]["accuracy"] <= 1.0
+    noisy = [
+        r for r in outcome["results"] if r["spec"]["noise"] > 0 and r["spec"]["study"] == "ablation"
+    ]
+    assert all(sum(len(v) for k, v in r["ledger"].items() if k != "clean") > 0 for r in noisy)
+    text = (root / "docs" / "RESULTS.md").read_text()
+    for section in (
+        "## The four claims",
+        "## Ablation",
+        "## GR in embedding vs exact parameter",
+        "## Modality-agnostic vs modality-specific",
+        "## Scaling",
+        "## Noise detection",
+        "## Reproduce",
+        "harmonia experiment reproduce --budget smoke",
+    ):
+        assert section in text
+    for name in ("conflict_scores.png", "metric_vs_noise.png"):
+        png = root / "docs" / "figures" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{name}" in text
+
+
+def test_a_rerun_reuses_finished_runs_and_redoes_only_the_missing_one(
+    smoke_study: dict[str, Any],
+) -> None:
+    root, first = smoke_study["root"], smoke_study["outcome"]
+    victim = first["results"][5]
+    (root / "work" / "runs" / victim["name"] / "result.json").unlink()
+    logs: list[str] = []
+    again = _smoke(root, smoke_study["source"], logs)
+    assert any("reused" in line for line in logs)
+    assert not any("built in" in line for line in logs)
+    total = len(first["results"])
+    assert f"{total} runs: {total - 1} cached, 1 to run with 2 processes" in logs
+    fresh = [r["name"] for r in again["results"] if r.get("_fresh")]
+    assert fresh == [victim["name"]]
+    redone = next(r for r in again["results"] if r["name"] == victim["name"])
+    assert redone["fingerprint"] == victim["fingerprint"]
+    assert redone["eval"]["zero_shot"] == victim["eval"]["zero_shot"]  # same model again
+
+
+def test_cli_rejects_a_bad_job_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "reproduce", "--jobs", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["harmonia: error: --jobs must be >= 1, got 0"]
