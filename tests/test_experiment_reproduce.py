@@ -112,7 +112,7 @@ def test_the_extra_view_trains_on_clean_then_extra_clips(
 SMOKE = BUDGETS["smoke"]
 
 
-def _smoke(root: Path, source: str, logs: list[str]) -> dict[str, Any]:
+def _smoke(root: Path, source: str, logs: list[str], report_only: bool = False) -> dict[str, Any]:
     return reproduce(
         SMOKE,
         root / "work",
@@ -121,6 +121,7 @@ def _smoke(root: Path, source: str, logs: list[str]) -> dict[str, Any]:
         jobs=2,
         source=source,
         command="harmonia experiment reproduce --budget smoke",
+        report_only=report_only,
         log=logs.append,
     )
 
@@ -178,7 +179,15 @@ def test_a_rerun_reuses_finished_runs_and_redoes_only_the_missing_one(
     victim = first["results"][5]
     (root / "work" / "runs" / victim["name"] / "result.json").unlink()
     logs: list[str] = []
+    report = _smoke(root, smoke_study["source"], logs, report_only=True)
+    assert report["missing"] == [victim["name"]]
+    assert not any(r.get("_fresh") for r in report["results"])
+    text = (root / "docs" / "RESULTS.md").read_text()
+    assert "1 not run" in text and f"- `{victim['name']}`" in text
+
+    logs.clear()
     again = _smoke(root, smoke_study["source"], logs)
+    assert again["missing"] == []
     assert any("reused" in line for line in logs)
     assert not any("built in" in line for line in logs)
     total = len(first["results"])

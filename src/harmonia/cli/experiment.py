@@ -47,6 +47,11 @@ def register(subparsers: Any) -> None:
         default=None,
         help="source media (default: $HARMONIA_DATA, then the fetch cache)",
     )
+    rep.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the page from the runs already finished in --work",
+    )
     rep.set_defaults(func=run)
 
 
@@ -67,5 +72,6 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         source=args.source,
         command=command_line(),
+        report_only=args.report_only,
     )
     return 1 if outcome["failed"] else 0

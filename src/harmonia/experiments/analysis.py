@@ -46,6 +46,7 @@ def _probe(role: str, task: str) -> Callable[[Mapping[str, Any]], float | None]:
 
 METRICS: tuple[Metric, ...] = (
     Metric("zs_digit", "zero-shot digit", _path("zero_shot", "digit", "accuracy")),
+    Metric("zs_motion", "zero-shot motion", _path("zero_shot", "motion", "accuracy")),
     Metric("t2v", "text->video R@1", _path("retrieval", "text->video", "class", "R@1")),
     Metric("a2v", "audio->video R@1", _path("retrieval", "audio->video", "class", "R@1")),
     Metric("probe_vd", "probe video/digit", _probe("video", "digit")),

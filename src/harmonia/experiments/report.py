@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -119,6 +120,11 @@ class Report:
             f"- **Budget `{b.name}`**: {b.description}.",
             f"- **Runs**: {n_runs} planned, {len(self.results)} finished"
             + (f", **{len(self.failed)} failed** (listed at the end)" if self.failed else "")
+            + (
+                f", **{len(f.get('missing', []))} not run** (listed at the end)"
+                if f.get("missing")
+                else ""
+            )
             + f"; seeds 0..{b.seeds - 1} for every cell.",
             f"- **Data**: AV-MNIST-T built from {f.get('source', '?')}: {b.train} training, "
             f"{b.val} validation, {b.test} test clips (default media: 16 frames of 64x64, 2 s of "
@@ -405,6 +411,7 @@ class Report:
                 + (f", too few seeds in {count['too few seeds']}" if count["too few seeds"] else "")
                 + "."
             )
+        lines += self.learning_notes()
         # where conflicts come from
         fracs = {
             n: Stat.of(mean_conflict_fraction(r) for r in self.ablation("baseline", n))
@@ -451,32 +458,89 @@ class Report:
             lines += ["### Failed runs", ""]
             lines += [f"- `{r['name']}`: {r['error']}" for r in self.failed]
             lines.append("")
+        if self.facts.get("missing"):
+            lines += ["### Runs not run (the study was stopped before them)", ""]
+            lines += [f"- `{name}`" for name in self.facts["missing"]]
+            lines.append("")
+        return lines
+
+    def learning_notes(self) -> list[str]:
+        """Did each loss learn? A loss near chance has a gradient close to noise."""
+        b = self.budget
+        runs = [r for r in self.results if r["spec"]["study"] == "ablation"]
+        names = sorted(
+            {
+                k.split("/", 1)[1]
+                for r in runs
+                for k in r.get("train", {}).get("final", {})
+                if k.startswith("loss/") and k != "loss/total"
+            }
+        )
+        chance = math.log(b.batch_size)
+        lines = []
+        for name in names:
+            final = Stat.of(r["train"]["final"].get(f"loss/{name}") for r in runs)
+            if final is None:
+                continue
+            near = final.mean > 0.9 * chance
+            lines.append(
+                f"- **Loss `{name}`** ended training at {num(final, 2)} (all ablation runs; chance "
+                f"= ln {b.batch_size} = {chance:.2f}): "
+                + (
+                    "it stayed near chance, so in this budget its gradient is mostly noise and "
+                    "its 'conflicts' with the other loss say little about misalignment."
+                    if near
+                    else f"it learned ({100 * (1 - final.mean / chance):.0f}% below chance)."
+                )
+            )
         return lines
 
     def reproduce(self) -> list[str]:
         f = self.facts
         versions = ", ".join(f"{k} {v}" for k, v in f.get("versions", {}).items())
-        wall = f.get("wall_s")
-        cpu = f.get("run_seconds")
-        return [
+        span, cpu = f.get("runs_span_s"), f.get("run_seconds")
+        lines = [
             "## Reproduce",
             "",
             "```bash",
-            str(f.get("command", "harmonia experiment reproduce")),
+            "harmonia experiment reproduce --budget "
+            f"{self.budget.name}  # add --work DIR, --jobs N, --source DIR as needed",
             "```",
             "",
-            f"- Started {f.get('started', '?')}, wall time of this invocation "
-            f"{'?' if wall is None else f'{wall / 60:.1f} min'}"
-            + (f" ({f.get('ran', 0)} runs trained now, {f.get('cached', 0)} reused from the cache)")
-            + (f"; the runs' own times sum to {cpu / 60:.1f} min" if cpu else "")
-            + ".",
-            f"- Machine: {f.get('machine', '?')}.",
-            f"- Versions: {versions}.",
-            "- The study resumes: finished runs are cached in the work directory "
-            "(`result.json` per run, keyed by the resolved config and the dataset checksum), "
-            "interrupted ones continue from their last checkpoint, datasets are built once.",
+            "Invocations that produced this page (same work directory; finished runs are cached "
+            "there as `result.json`, keyed by the resolved config and the dataset checksum, so a "
+            "stopped study resumes where it stopped; `--report-only` writes the page from the "
+            "cache without training):",
             "",
         ]
+        rows = [
+            [
+                str(inv.get("started", "?")),
+                f"`{inv.get('command', '?')}`",
+                f"{float(inv.get('wall_s', 0.0)) / 60:.1f}",
+                str(inv.get("ran", 0)),
+                str(inv.get("cached", 0)),
+                str(inv.get("failed", 0)),
+            ]
+            for inv in f.get("invocations", [])
+        ]
+        lines += _table(
+            ["started", "command", "wall (min)", "runs trained", "reused", "failed"], rows, left=2
+        )
+        if span:
+            lines.append(
+                f"- Training + evaluation of the runs on this page: {span / 60:.1f} min of wall "
+                f"time from the first run's start to the last run's end"
+                + (f"; the runs' own times sum to {cpu / 60:.1f} min" if cpu else "")
+                + f" ({f.get('jobs', 2)} runs at a time, one thread each; dataset builds not "
+                "included)."
+            )
+        lines += [
+            f"- Machine: {f.get('machine', '?')}.",
+            f"- Versions: {versions}.",
+            "",
+        ]
+        return lines
 
 
 def render(plan: StudyPlan, results: Sequence[Result], facts: Mapping[str, Any]) -> str:

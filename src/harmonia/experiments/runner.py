@@ -178,6 +178,28 @@ def _task(spec: RunSpec, budget: Budget, dataset: str, run_dir: str) -> dict[str
         }
 
 
+def split_cached(
+    tasks: Sequence[tuple[RunSpec, Path, Path]], budget: Budget
+) -> tuple[dict[str, dict[str, Any]], list[tuple[RunSpec, Path, Path]]]:
+    """(valid cached results by run name, tasks still to run)."""
+    from harmonia.config import to_dict
+    from harmonia.data.index import load_summary
+
+    results: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[RunSpec, Path, Path]] = []
+    checksums: dict[Path, str] = {}
+    for spec, dataset, run_dir in tasks:
+        if dataset not in checksums:
+            checksums[dataset] = load_summary(dataset)["checksum"]
+        config = to_dict(resolved_config(spec, budget, dataset))
+        cached = cached_result(run_dir, fingerprint(config, checksums[dataset]))
+        if cached is not None:
+            results[spec.name] = cached
+        else:
+            pending.append((spec, dataset, run_dir))
+    return results, pending
+
+
 def run_all(
     tasks: Sequence[tuple[RunSpec, Path, Path]],
     budget: Budget,
@@ -186,20 +208,7 @@ def run_all(
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """Run every (spec, dataset, run_dir) task; results by run name, failures hold "error"."""
-    results: dict[str, dict[str, Any]] = {}
-    pending: list[tuple[RunSpec, Path, Path]] = []
-    from harmonia.config import to_dict
-    from harmonia.data.index import load_summary
-
-    for spec, dataset, run_dir in tasks:
-        expected = fingerprint(
-            to_dict(resolved_config(spec, budget, dataset)), load_summary(dataset)["checksum"]
-        )
-        cached = cached_result(run_dir, expected)
-        if cached is not None:
-            results[spec.name] = cached
-        else:
-            pending.append((spec, dataset, run_dir))
+    results, pending = split_cached(tasks, budget)
     log(f"{len(tasks)} runs: {len(results)} cached, {len(pending)} to run with {jobs} processes")
     if not pending:
         return results

@@ -17,7 +17,7 @@ from harmonia.experiments import figures
 from harmonia.experiments.datasets import ensure_built, extra_view
 from harmonia.experiments.plan import Budget, StudyPlan, extra_view_key, make_plan
 from harmonia.experiments.report import render
-from harmonia.experiments.runner import run_all
+from harmonia.experiments.runner import run_all, split_cached
 
 PACKAGES = ("harmonia", "torch", "numpy", "scikit-learn", "av", "matplotlib")
 
@@ -93,9 +93,14 @@ def reproduce(
     jobs: int = 2,
     source: str | None = None,
     command: str = "",
+    report_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the study of `budget` in `work` and write `results_md` and its figures."""
+    """Run the study of `budget` in `work` and write `results_md` and its figures.
+
+    With `report_only`, nothing is trained: the page is written from the runs already cached
+    (e.g. of a study stopped part-way), and says which runs are missing.
+    """
     started = time.time()
     started_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     plan = make_plan(budget)
@@ -105,8 +110,13 @@ def reproduce(
     datasets, source_text = prepare_datasets(plan, work, source, workers=jobs, log=log)
     tasks = [(spec, datasets[spec.dataset], work / "runs" / spec.name) for spec in plan.runs]
     log(f"datasets ready after {time.time() - started:.0f} s")
-    outcomes = run_all(tasks, budget, jobs=jobs, log=log)
+    if report_only:
+        outcomes, pending = split_cached(tasks, budget)
+        log(f"report only: {len(outcomes)} of {len(tasks)} runs cached, {len(pending)} missing")
+    else:
+        outcomes = run_all(tasks, budget, jobs=jobs, log=log)
     ordered = [outcomes[spec.name] for spec in plan.runs if spec.name in outcomes]
+    missing = [spec.name for spec in plan.runs if spec.name not in outcomes]
     figures_dir.mkdir(parents=True, exist_ok=True)
     made = []
     path = figures.conflict_distributions(ordered, budget, figures_dir)
@@ -114,13 +124,23 @@ def reproduce(
         made.append((path.name, "Final conflict scores of clean and misaligned training triplets"))
     path = figures.metric_vs_noise(ordered, budget, figures_dir)
     made.append((path.name, "Downstream metrics vs misalignment rate for each variant"))
-    facts = {
+    invocation = {
         "command": command,
         "started": started_at,
-        "wall_s": time.time() - started,
+        "wall_s": round(time.time() - started, 1),
+        "ran": sum(1 for r in outcomes.values() if r.get("_fresh") and "error" not in r),
+        "failed": sum(1 for r in outcomes.values() if "error" in r),
+        "cached": sum(1 for r in outcomes.values() if "error" not in r and not r.get("_fresh")),
+        "report_only": report_only,
+        "jobs": jobs,
+    }
+    history = _record_invocation(work / "invocations.jsonl", invocation)
+    facts = {
+        **invocation,
+        "invocations": history,
+        "runs_span_s": runs_span(work / "runs", ordered),
         "run_seconds": sum(float(r.get("seconds", 0.0)) for r in ordered if "error" not in r),
-        "ran": sum(1 for s in outcomes.values() if s.get("_fresh")),
-        "cached": sum(1 for s in outcomes.values() if "error" not in s and not s.get("_fresh")),
+        "missing": missing,
         "machine": machine(),
         "versions": versions(),
         "source": source_text,
@@ -131,19 +151,32 @@ def reproduce(
     tmp = results_md.with_name(f".{results_md.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, results_md)
-    (work / "study.json").write_text(
-        json.dumps(
-            {"budget": budget.name, "facts": facts, "runs": [s.name for s in plan.runs]}, indent=1
-        )
-        + "\n",
-        encoding="utf-8",
-    )
     failed = [r["name"] for r in ordered if "error" in r]
     log(
         f"wrote {results_md} and {len(made)} figures in {figures_dir} "
-        f"({(time.time() - started) / 60:.1f} min; {len(failed)} failed runs)"
+        f"({(time.time() - started) / 60:.1f} min; {len(failed)} failed, {len(missing)} missing)"
     )
-    return {"results": ordered, "facts": facts, "failed": failed}
+    return {"results": ordered, "facts": facts, "failed": failed, "missing": missing}
+
+
+def _record_invocation(path: Path, invocation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Append this invocation to the work directory's history; return the whole history."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(invocation) + "\n")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def runs_span(runs_dir: Path, results: Sequence[Mapping[str, Any]]) -> float | None:
+    """Seconds from the first run's start to the last run's end (result.json times)."""
+    starts, ends = [], []
+    for result in results:
+        path = runs_dir / str(result.get("name")) / "result.json"
+        if "error" not in result and path.is_file():
+            end = path.stat().st_mtime
+            starts.append(end - float(result.get("seconds", 0.0)))
+            ends.append(end)
+    return max(ends) - min(starts) if ends else None
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
