@@ -19,7 +19,7 @@ import platform
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +34,15 @@ from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
 
 Step = Callable[[], None]
+DEFAULT_GRID = (
+    ("embedding", "none"),
+    ("embedding", "pcgrad"),
+    ("parameters", "none"),
+    ("parameters", "pcgrad"),
+    ("batch", "pcgrad"),
+    ("parameters", "upgrad"),
+)
+"""(space, method) pairs timed by default."""
 
 
 def build(batch_size: int, size: str) -> tuple[VATT, ContrastiveObjective, dict[str, Any]]:
@@ -45,8 +54,13 @@ def build(batch_size: int, size: str) -> tuple[VATT, ContrastiveObjective, dict[
 
 
 def variants(
-    model: VATT, objective: ContrastiveObjective, batch: dict[str, Any], torchjd: bool
+    model: VATT,
+    objective: ContrastiveObjective,
+    batch: dict[str, Any],
+    torchjd: bool,
+    grid: Sequence[tuple[str, str]] = DEFAULT_GRID,
 ) -> dict[str, Step]:
+    """Plain backward, then one harmonized step per (space, method) of ``grid``."""
     encoder = model.anchor_encoder()
 
     def losses_of(out: Any) -> dict[str, torch.Tensor]:
@@ -69,10 +83,8 @@ def variants(
         return step
 
     steps: dict[str, Step] = {"plain backward": plain}
-    for space in ("embedding", "parameters", "batch"):
-        for method in ("none", "pcgrad") if space != "batch" else ("pcgrad",):
-            steps[f"{space} {method}"] = harmonized(method, space)
-    steps["parameters upgrad"] = harmonized("upgrad", "parameters")
+    for space, method in grid:
+        steps[f"{space} {method}"] = harmonized(method, space)
     if torchjd:
         steps["torchjd PCGrad (batch)"] = torchjd_step(model, encoder, batch, losses_of)
     return steps

@@ -1,0 +1,115 @@
+"""Run the CPU benchmarks and write docs/PERFORMANCE.md from their own output.
+
+    .venv/bin/python benchmarks/performance_page.py [--data DATASET_DIR] [--out docs/PERFORMANCE.md]
+
+Each benchmark runs in its own process with ``OMP_NUM_THREADS=1``; its markdown output is pasted
+under the command that produced it, with the wall time it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import machine_line
+
+HERE = Path(__file__).resolve().parent
+GPU_COMMAND = "python benchmarks/gpu_bench.py"
+
+INTRO = """# Performance
+
+Numbers on this page are pasted from the benchmark scripts' own output by
+`benchmarks/performance_page.py`; rerun it to refresh them. Every script prints markdown and runs
+on its own: the command above each section reproduces it.
+
+**Read ratios, not absolute numbers.** The development machine is a small VM shared with other
+engineers' builds and tests while these ran (its load average is in each script's first line), so
+absolute speeds move by large factors from one minute to the next. Every script therefore runs
+the variants it compares side by side, interleaved within each repeat with a rotating order, on
+one thread (`OMP_NUM_THREADS=1`), and reports medians of paired ratios (with their interquartile
+range where shown). Step times are the process's CPU time unless a script says wall time.
+
+Peak memory on CPU is the growth of the process's resident set (RSS) during one step: the
+kernel's high-water mark is reset to the current RSS (`/proc/self/clear_refs`) after trimming the
+C heap, and read back after the step (`benchmarks/harness.py`). It includes PyTorch's allocations
+(which `tracemalloc` would not see) and, like any RSS figure, memory the allocator keeps from
+earlier steps is not counted again, so treat it as a comparison between variants, not as an
+absolute footprint.
+"""
+
+GPU = f"""## GPU
+
+No GPU was available in this session, so there are no GPU figures yet. On a GPU machine, one
+command (VATT-Base dims, bf16 autocast, `torch.compile` where it applies, about 5 minutes on a
+current data-center card; `--peak-tflops` for a card missing from its table) prints samples/s,
+model FLOPs utilization, the harmonization overhead per space and peak memory:
+
+```bash
+{GPU_COMMAND}
+```
+
+`tests/test_benchmarks_gpu_smoke.py` runs it on CPU (`--device cpu --size tiny --steps 2`) in the
+default test suite, so the command keeps working.
+"""
+
+
+def run(title: str, args: list[str], notes: str) -> str:
+    """Run one benchmark script; its section of the page."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(HERE / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{args[0]} failed:\n{done.stderr}")
+    command = " ".join(["OMP_NUM_THREADS=1 .venv/bin/python", f"benchmarks/{args[0]}", *args[1:]])
+    print(f"{args[0]}: {seconds:.0f} s", file=sys.stderr, flush=True)
+    return (
+        f"## {title}\n\n{notes}\n\n```bash\n{command}\n```\n\n"
+        f"Output ({seconds:.0f} s wall):\n\n{done.stdout.strip()}\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="a built dataset for the pipeline benchmark")
+    parser.add_argument("--out", default=str(HERE.parent / "docs" / "PERFORMANCE.md"))
+    args = parser.parse_args()
+    nproc = os.cpu_count()
+    sections = [
+        INTRO,
+        f"Machine: {machine_line()} (nproc {nproc}).\n",
+        run(
+            "Training step: plain vs every Harmonizer space and method",
+            ["bench_step.py"],
+            "Forward + losses + backward of VATT tiny and small (no optimizer step), every "
+            "space x method against plain `sum(losses).backward()`. VATT small at B = 128 gets "
+            "3 repeats instead of 5 (about a second per step on one CPU thread).",
+        ),
+        run(
+            "Cost of harmonization vs batch size and number of losses",
+            ["bench_scaling.py"],
+            "PCGrad in each space on VATT tiny; extra time per step over plain backward.",
+        ),
+        run(
+            "Data pipeline vs training-step consumption",
+            ["bench_pipeline.py"] + (["--data", args.data] if args.data else []),
+            "The trainer's loader against what the demo configs' training step consumes.",
+        ),
+        GPU,
+    ]
+    Path(args.out).write_text("\n".join(sections), encoding="utf-8")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
