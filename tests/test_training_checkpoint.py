@@ -79,7 +79,7 @@ def test_failed_write_leaves_old_checkpoint_and_no_partial_dir(
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"disk full.*previous checkpoint .* is intact"):
         save(tmp_path, 2, model)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [first.name]
     assert latest_checkpoint(tmp_path) == first

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from harmonia.cli.data import one_line_errors
+from harmonia.errors import HarmoniaError
 
 
 def register(subparsers: Any) -> None:
@@ -52,12 +54,19 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 def run(args: argparse.Namespace) -> int:
     """Train; a stop signal ends with a checkpoint and exit code 0."""
+    from safetensors import SafetensorError
+
     from harmonia.training.loop import train_named
 
     overrides = list(args.overrides)
     if args.no_progress:
         overrides.append("train.progress=false")
-    summary = train_named(args.config, args.out, overrides, data_dir=args.data, resume=args.resume)
+    try:
+        summary = train_named(
+            args.config, args.out, overrides, data_dir=args.data, resume=args.resume
+        )
+    except (OSError, SafetensorError) as err:  # disk full, unwritable output: not a bug
+        raise HarmoniaError(_io_error(err, Path(args.out))) from err
     final = {k: v for k, v in summary["final_metrics"].items() if k.startswith(("loss/", "val/"))}
     print(
         f"{summary['status']} after {summary['steps']} steps in {summary['time_s']:.1f} s; "
@@ -68,3 +77,16 @@ def run(args: argparse.Namespace) -> int:
     if summary["skipped_samples"]:
         print(f"skipped {summary['skipped_samples']} corrupt samples (listed in summary.json)")
     return 0
+
+
+def _io_error(err: BaseException, run_dir: Path) -> str:
+    """One line: the file and the cause, and where the run can be resumed from."""
+    from harmonia.training.checkpoint import latest_checkpoint
+
+    if isinstance(err, OSError) and err.filename is not None:
+        cause = f"{err.filename}: {err.strerror or err}"
+    else:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    latest = latest_checkpoint(run_dir)
+    where = f"newest checkpoint: {latest} (resume with --resume)" if latest else "no checkpoint yet"
+    return f"training stopped: {cause}; {where}"

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from harmonia.errors import CheckpointError
@@ -80,10 +81,18 @@ def save_checkpoint(
     ledger: Mapping[str, Any] | None = None,
     keep_last: int | None = None,
 ) -> Path:
-    """Write the checkpoint of ``step`` atomically and prune all but the ``keep_last`` newest."""
+    """Write the checkpoint of ``step`` atomically and prune all but the ``keep_last`` newest.
+
+    A failed write (disk full, read-only directory) leaves no trace and raises CheckpointError
+    naming the checkpoint, the cause and the previous checkpoint, which stays intact.
+    """
     final = checkpoint_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{final.name}-", dir=final.parent))
+    previous = latest_checkpoint(run_dir)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{final.name}-", dir=final.parent))
+    except OSError as err:
+        raise _write_error(final, previous, err) from err
     try:
         save_model(model, tmp)
         torch.save({"format": FORMAT_VERSION, "step": step, **state}, tmp / STATE)
@@ -94,12 +103,26 @@ def save_checkpoint(
             _fsync(item)
         _fsync(tmp)
         _replace_dir(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        # torch.save reports a failed write as RuntimeError, safetensors as SafetensorError
+        if isinstance(err, (OSError, RuntimeError, SafetensorError)):
+            raise _write_error(final, previous, err) from err
         raise
     if keep_last is not None:
         prune_checkpoints(run_dir, keep_last)
     return final
+
+
+def _write_error(final: Path, previous: Path | None, err: BaseException) -> CheckpointError:
+    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    with contextlib.suppress(OSError):
+        cause += f"; {shutil.disk_usage(final.parent).free / 2**20:.0f} MiB free there"
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
+    return CheckpointError(
+        f"cannot write checkpoint {final} ({cause}); {kept} (free space or fix the directory's "
+        "permissions, then resume)"
+    )
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
