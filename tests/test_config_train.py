@@ -80,6 +80,18 @@ def test_config_file_by_path(tmp_path: Path) -> None:
             "harmonize.curriculum: curriculum 'threshold': start",
         ),
         (["train.device=tpu"], "train.device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["harmonize.method=pcgrd"], "harmonize.method: expected one of 'none', 'pcgrad'"),
+        (
+            ["harmonize.method=gradvac", "harmonize.options.bta=0.1"],
+            "harmonize.options: method 'gradvac' got unknown option(s) bta",
+        ),
+        (
+            ["harmonize.space=batch", "harmonize.curriculum.name=threshold"],
+            "harmonize.curriculum: needs per-sample conflict scores",
+        ),
+        (["harmonize.ledger.decay=1"], "harmonize.ledger.decay: expected a float in [0, 1), got 1"),
+        (["data.build.noise=2"], "data.build: --noise must be in [0, 1], got 2"),
+        (["losses.specs=[]"], "losses.specs: expected at least one loss"),
     ],
 )
 def test_validation_errors_name_the_key(overrides: list[str], message: str) -> None:
@@ -125,3 +137,8 @@ def test_cli_errors_are_one_line_exit_2(args: list[str], message: str) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr
     assert lines[0].startswith(f"harmonia: error: {message}")
+
+
+def test_method_typo_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"got 'pcgrd' \(did you mean 'pcgrad'\?\)$"):
+        load_train_config("demo", ["harmonize.method=pcgrd"])

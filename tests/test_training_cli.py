@@ -28,6 +28,7 @@ def harmonia(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group, for a signal to the whole group
     )
 
 
@@ -81,19 +82,27 @@ def test_cli_trains_and_reports(
     assert '"val/R@1/vt/video->text"' in printed
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path: Path, tiny_dataset: Path) -> None:
+@pytest.mark.parametrize("target", ["process", "group"])
+def test_sigterm_writes_a_checkpoint_and_exits_0(
+    tmp_path: Path, tiny_dataset: Path, target: str
+) -> None:
+    """SIGTERM to the trainer alone, or to its group (its DataLoader workers too, as a batch
+    scheduler does): the step finishes, a checkpoint is written, the exit code is 0."""
     out = tmp_path / "run"
     proc = harmonia(
         "train", "demo", "--out", str(out), "--data", str(tiny_dataset), "--no-progress",
         "train.steps=100000", "train.log_every=1", "train.checkpoint_every=100000",
-        "data.num_workers=1", *SMALL,
+        "data.num_workers=2", *SMALL,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while len(read_metrics(out / "metrics.jsonl")) < 2:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "training did not start"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "SIGTERM: checkpoint of step" in stderr + stdout
@@ -110,7 +119,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path: Path, tiny_dataset: P
     summary = train_named(
         "demo",
         out,
-        [*SMALL, f"train.steps={stopped_at + 1}", "data.num_workers=1", "train.progress=false"],
+        [*SMALL, f"train.steps={stopped_at + 1}", "data.num_workers=2", "train.progress=false"],
         data_dir=tiny_dataset,
         resume=True,
     )

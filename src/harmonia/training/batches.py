@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harmonia.training.signals import ignore_stop_signals
+from harmonia.training.signals import worker_signal_handlers
 
 
 class ResumableSampler(Protocol):
@@ -75,11 +75,6 @@ class EpochSampler(Sampler[int]):
         """Continue the saved epoch at the saved position."""
         self.epoch = int(state["epoch"])
         self._start = int(state["position"])
-
-
-def ignore_signals_in_worker(worker_id: int) -> None:
-    """Data-loader worker init: stop signals are for the main process, which stops cleanly."""
-    ignore_stop_signals()
 
 
 @contextmanager
@@ -167,7 +162,7 @@ class BatchStream:
             sampler=_Tagged(self.sampler, self.epoch),  # type: ignore[arg-type]
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
-            worker_init_fn=ignore_signals_in_worker if self.num_workers else None,
+            worker_init_fn=worker_signal_handlers if self.num_workers else None,
             generator=generator,
             drop_last=True,
             pin_memory=self.pin_memory,

@@ -10,11 +10,13 @@ optimizer state, so on CPU 2N steps equal N steps + resume + N steps bit for bit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,8 @@ def train(
     """Train from ``cfg`` into the run directory ``out``; returns what RUN/summary.json holds."""
     run_dir = Path(out)
     started = time.time()
+    if data_dir is not None:  # recorded in RUN/config.yaml, where evaluation looks for the data
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(data_dir)))
     checkpoint = _checkpoint_to_resume(run_dir, cfg) if resume else None
     if checkpoint is None:
         _refuse_to_overwrite(run_dir)
@@ -163,7 +167,7 @@ def train(
         skipped = list(state["skipped"])
         elapsed_before = float(state["elapsed"])
         set_rng_state(state["rng"])  # last: everything above may draw random numbers
-    (run_dir / CONFIG_FILE).write_text(to_yaml(cfg), encoding="utf-8")
+    _write_atomic(run_dir / CONFIG_FILE, to_yaml(cfg))
 
     def save(at_step: int) -> Path:
         state = {
@@ -194,11 +198,19 @@ def train(
     stopped_by: str | None = None
     busy, samples, steps_done = 0.0, 0, 0  # since the last log row
     bar = tqdm(total=steps, initial=step, disable=not cfg.train.progress, desc="train", unit="step")
-    with StopRequest() as stop, MetricLogger(run_dir, resume_step=step if resume else None) as log:
+    logger = MetricLogger(run_dir, resume_step=step if resume else None)
+    with StopRequest() as stop, logger as log, closing(stream), bar:
         model.train()
         while step < steps:
             tick = time.perf_counter()
-            batch = next(stream)
+            try:
+                batch = next(stream)
+            except RuntimeError:
+                if not stop.requested:
+                    raise
+                # SIGTERM sent to the whole process group also ended the loader's workers
+                stopped_by = _stop(stop.signal_name, save(step), step)
+                break
             skipped.extend(batch["skipped"])
             ids = list(batch["id"])
             if len(ids) < 2:  # every sample of the batch was corrupt: nothing to contrast
@@ -265,18 +277,13 @@ def train(
 
             # ---- checkpoints, the NaN/Inf stop, a stop signal
             if guard.update(ok):
-                path = save(step)
-                bar.close()
-                raise guard.error(step, path)
+                raise guard.error(step, save(step))
             stopping = stop.requested and step < steps
             if stopping or step % cfg.train.checkpoint_every == 0 or step == steps:
-                save(step)
+                checkpoint_path = save(step)
             if stopping:
-                stopped_by = stop.signal_name
-                tqdm.write(f"{stopped_by}: checkpoint of step {step} written; resume with --resume")
+                stopped_by = _stop(stop.signal_name, checkpoint_path, step)
                 break
-    bar.close()
-    stream.close()
 
     finished = step >= steps and stopped_by is None
     if finished:
@@ -295,8 +302,22 @@ def train(
         "dataset": str(dataset_dir),
         "device": str(device),
     }
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside and rename over: a kill while writing leaves the previous file whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _stop(signal_name: str | None, checkpoint: Path, step: int) -> str:
+    tqdm.write(
+        f"{signal_name}: checkpoint of step {step} written to {checkpoint}; resume with --resume"
+    )
+    return signal_name or "request"
 
 
 def build_harmonizer(cfg: HarmonizeConfig, seed: int) -> Harmonizer:

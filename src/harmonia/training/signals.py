@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -42,7 +43,14 @@ class StopRequest:
         self._previous.clear()
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """Data-loader worker init: leave SIGINT/SIGTERM to the main process, which stops cleanly."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+def worker_signal_handlers(worker_id: int = 0) -> None:
+    """Data-loader worker init: Ctrl-C (sent to the whole terminal group) is the main process's
+    business, so workers ignore SIGINT; SIGTERM ends a worker quietly (exit code 0), so a main
+    process stopping on SIGTERM sent to its group is not interrupted by a worker's death and
+    can still write its checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    os._exit(0)
