@@ -7,6 +7,7 @@ figures and RESULTS.md. Its numbers mean nothing; the assertions are about the p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -22,6 +23,7 @@ from harmonia.data.sources import SourceData
 from harmonia.experiments.analysis import Stat, paired, verdict
 from harmonia.experiments.datasets import extra_view
 from harmonia.experiments.plan import BUDGETS, VARIANTS, Budget, make_plan
+from harmonia.experiments.runner import run_one
 from harmonia.experiments.study import reproduce
 
 
@@ -203,3 +205,14 @@ def test_cli_rejects_a_bad_job_count(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["experiment", "reproduce", "--jobs", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["harmonia: error: --jobs must be >= 1, got 0"]
+
+
+def test_a_run_dir_of_another_config_is_retrained_not_resumed(smoke_study: dict[str, Any]) -> None:
+    root, first = smoke_study["root"], smoke_study["outcome"]
+    spec = make_plan(SMOKE).runs[0]
+    run_dir = root / "work" / "runs" / spec.name
+    dataset = root / "work" / "data" / spec.dataset
+    shorter = dataclasses.replace(SMOKE, steps=SMOKE.steps - 1)
+    result = run_one(spec, shorter, dataset, run_dir)
+    assert result["train"]["steps"] == shorter.steps  # a resume would have kept the longer run
+    assert result["fingerprint"] != first["results"][0]["fingerprint"]

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
     budgets = ", ".join(f"{name}: {b.description}" for name, b in BUDGETS.items())
     rep.add_argument("--budget", choices=list(BUDGETS), default="full", help=budgets)
     rep.add_argument(
-        "--work", default="runs/study", help="datasets, runs and cache (default: runs/study)"
+        "--work", default=None, help="datasets, runs and cache (default: runs/study-BUDGET)"
     )
     rep.add_argument("--results", default="docs/RESULTS.md", help="results page to write")
     rep.add_argument(
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     figures = Path(args.figures) if args.figures else results.parent / "figures"
     outcome = reproduce(
         BUDGETS[args.budget],
-        Path(args.work),
+        Path(args.work or f"runs/study-{args.budget}"),
         results_md=results,
         figures_dir=figures,
         jobs=args.jobs,

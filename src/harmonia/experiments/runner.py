@@ -28,6 +28,8 @@ from harmonia.experiments.plan import Budget, RunSpec
 
 RESULT_FILE = "result.json"
 EVAL_FILE = "eval.json"
+FINGERPRINT_FILE = "fingerprint"
+"""Written before training starts: a checkpoint is only resumed by a run of the same fingerprint."""
 
 
 def fingerprint(config: Mapping[str, Any], dataset_checksum: str) -> str:
@@ -76,10 +78,16 @@ def run_one(spec: RunSpec, budget: Budget, dataset: Path, run_dir: Path) -> dict
         return cached
 
     started = time.time()
-    resume = run_dir.is_dir() and latest_checkpoint(run_dir) is not None
+    marker = run_dir / FINGERPRINT_FILE
+    same = marker.is_file() and marker.read_text(encoding="utf-8").strip() == expected
+    resume = same and latest_checkpoint(run_dir) is not None
     if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # interrupted before its first checkpoint, or a stale run
+        shutil.rmtree(run_dir)  # interrupted before its first checkpoint, or another config's run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(expected + "\n", encoding="utf-8")
     summary = train(cfg, run_dir, data_dir=dataset, resume=resume)
+    if summary["status"] != "finished":  # a stop signal: keep the checkpoint, cache nothing
+        raise RuntimeError(f"{spec.name}: training {summary['status']} at step {summary['steps']}")
     train_seconds = time.time() - started
 
     run = RunDir(run_dir)
@@ -167,7 +175,9 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _task(spec: RunSpec, budget: Budget, dataset: str, run_dir: str) -> dict[str, Any]:
+def _task(spec: RunSpec, budget: Budget, dataset: str, run_dir: str, parent: int) -> dict[str, Any]:
+    if os.getppid() != parent:  # the study was stopped: do not start queued runs as an orphan
+        return {"name": spec.name, "error": "the study process is gone; run not started"}
     try:
         return run_one(spec, budget, Path(dataset), Path(run_dir))
     except BaseException as err:  # reported by the parent, the study goes on
@@ -219,7 +229,7 @@ def run_all(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker) as pool:
         futures: dict[Future[dict[str, Any]], RunSpec] = {
-            pool.submit(_task, spec, budget, str(dataset), str(run_dir)): spec
+            pool.submit(_task, spec, budget, str(dataset), str(run_dir), os.getpid()): spec
             for spec, dataset, run_dir in pending
         }
         for future in as_completed(futures):
