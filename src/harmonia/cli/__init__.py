@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from harmonia.errors import HarmoniaError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
-COMMAND_MODULES: tuple[str, ...] = ("config", "data", "demo", "train", "eval", "audit", "experiment")
+COMMAND_MODULES: tuple[str, ...] = (
+    "config",
+    "data",
+    "demo",
+    "train",
+    "eval",
+    "audit",
+    "experiment",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
