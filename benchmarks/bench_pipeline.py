@@ -9,7 +9,9 @@ the main process: one worker's rate), 1 and 2 workers (`bench_loader.bench_loade
 start-up included). Demand: samples/s of the config's training step (forward + losses +
 backward, the config's harmonizer; its curriculum weights and ledger, a few element-wise
 operations per sample, are left out) on a synthetic batch of the same shapes, median wall time of
-interleaved repeats on one thread. Prints markdown.
+interleaved repeats on one thread. Both are also given per CPU second (the decoding process with 0
+workers, the training step), which a loaded machine disturbs much less than wall time. Prints
+markdown.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from harmonia.training.config import load_train_config
 from harness import machine_line, table
 
 
-def consumption(configs: list[str], repeats: int) -> dict[str, float]:
-    """Samples/s of each config's training step (wall time, synthetic batch)."""
+def consumption(configs: list[str], repeats: int) -> dict[str, tuple[float, float]]:
+    """Samples per wall second and per CPU second of each config's training step."""
     result = {}
     for name in configs:
         cfg = load_train_config(name)
@@ -39,10 +41,20 @@ def consumption(configs: list[str], repeats: int) -> dict[str, float]:
             raise SystemExit(f"config {name}: model is not the tiny size this script times")
         grid = [] if h.method == "none" else [(h.space, h.method)]
         steps = variants(model, objective, batch, False, grid)
-        times = measure(steps, repeats, 2, time.perf_counter)
-        seconds = times[list(steps)[-1]]
-        result[name] = cfg.data.batch_size / statistics.median(seconds)
+        name_of_step = list(steps)[-1]
+        wall = measure(steps, repeats, 2, time.perf_counter)[name_of_step]
+        cpu = measure(steps, repeats, 0, time.process_time)[name_of_step]
+        b = cfg.data.batch_size
+        result[name] = (b / statistics.median(wall), b / statistics.median(cpu))
     return result
+
+
+def supply(data: Path, workers: int, batch_size: int) -> tuple[float, float]:
+    """Samples per wall second of one pass, and per CPU second of this process (meaningful
+    with 0 workers, where this process decodes)."""
+    started = time.process_time()
+    result = bench_loader("map", data, "train", workers, batch_size)
+    return result["samples_per_s"], result["samples"] / (time.process_time() - started)
 
 
 def main() -> None:
@@ -64,23 +76,35 @@ def main() -> None:
                 f"Built the default dataset ({built['samples']} clips) in {built['seconds']} s "
                 f"with 2 workers ({built['clips_per_s']} clips/s).\n"
             )
-        supply = [bench_loader("map", data, "train", w, batch_size) for w in args.workers]
+        loaded = {w: supply(data, w, batch_size) for w in args.workers}
     demand = consumption(args.configs, args.repeats)
     rows: list[list[object]] = [
-        [f"loader, {s['workers']} worker(s) (B = {batch_size})", f"{s['samples_per_s']:.0f}"]
-        for s in supply
+        [
+            f"loader, {w} worker(s) (B = {batch_size})",
+            f"{wall:.0f}",
+            f"{cpu:.0f}" if w == 0 else "-",
+        ]
+        for w, (wall, cpu) in loaded.items()
     ]
-    rows += [[f"training step of config `{c}`", f"{v:.0f}"] for c, v in demand.items()]
-    print(table(["", "samples/s"], rows))
-    fastest_step = max(demand.values())
-    per_worker = supply[0]["samples_per_s"] if args.workers[0] == 0 else float("nan")
+    rows += [
+        [f"training step of config `{c}` (1 thread)", f"{wall:.0f}", f"{cpu:.0f}"]
+        for c, (wall, cpu) in demand.items()
+    ]
+    print(table(["", "samples per wall second", "samples per CPU second"], rows))
+    fastest = max(wall for wall, _ in demand.values())
     print(
-        f"\nOne worker decodes {per_worker / fastest_step:.1f}x what the fastest step consumes; "
-        + ", ".join(
-            f"{s['workers']} worker(s): {s['samples_per_s'] / fastest_step:.1f}x" for s in supply
-        )
+        "\nWall time, loader over the fastest step: "
+        + ", ".join(f"{w} worker(s) {wall / fastest:.1f}x" for w, (wall, _) in loaded.items())
         + "."
     )
+    if 0 in loaded:
+        decode = loaded[0][1]
+        hungriest = max(cpu for _, cpu in demand.values())
+        print(
+            f"CPU cost: one core decodes {decode:.0f} samples/s, one core of training consumes "
+            f"{hungriest:.0f}; keeping up takes {hungriest / decode:.2f} decoding cores per "
+            "training core."
+        )
 
 
 if __name__ == "__main__":

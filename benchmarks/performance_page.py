@@ -1,6 +1,7 @@
 """Run the CPU benchmarks and write docs/PERFORMANCE.md from their own output.
 
     .venv/bin/python benchmarks/performance_page.py [--data DATASET_DIR] [--out docs/PERFORMANCE.md]
+    .venv/bin/python benchmarks/performance_page.py --only pipeline   # rerun one section
 
 Each benchmark runs in its own process with ``OMP_NUM_THREADS=1``; its markdown output is pasted
 under the command that produced it, with the wall time it took.
@@ -44,8 +45,8 @@ absolute footprint.
 GPU = f"""## GPU
 
 No GPU was available in this session, so there are no GPU figures yet. On a GPU machine, one
-command (VATT-Base dims, bf16 autocast, `torch.compile` where it applies, about 5 minutes on a
-current data-center card; `--peak-tflops` for a card missing from its table) prints samples/s,
+command (VATT-Base dims, bf16 autocast, `torch.compile` where it applies, sized to finish in under 10
+minutes, not yet run on a GPU; `--peak-tflops` for a card missing from its table) prints samples/s,
 model FLOPs utilization, the harmonization overhead per space and peak memory:
 
 ```bash
@@ -79,36 +80,55 @@ def run(title: str, args: list[str], notes: str) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="a built dataset for the pipeline benchmark")
-    parser.add_argument("--out", default=str(HERE.parent / "docs" / "PERFORMANCE.md"))
-    args = parser.parse_args()
-    nproc = os.cpu_count()
-    sections = [
-        INTRO,
-        f"Machine: {machine_line()} (nproc {nproc}).\n",
-        run(
+def benchmarks(data: str | None) -> dict[str, tuple[str, list[str], str]]:
+    """Section key -> (title, script and arguments, notes)."""
+    return {
+        "step": (
             "Training step: plain vs every Harmonizer space and method",
             ["bench_step.py"],
             "Forward + losses + backward of VATT tiny and small (no optimizer step), every "
             "space x method against plain `sum(losses).backward()`. VATT small at B = 128 gets "
             "3 repeats instead of 5 (about a second per step on one CPU thread).",
         ),
-        run(
+        "scaling": (
             "Cost of harmonization vs batch size and number of losses",
             ["bench_scaling.py"],
             "PCGrad in each space on VATT tiny; extra time per step over plain backward.",
         ),
-        run(
+        "pipeline": (
             "Data pipeline vs training-step consumption",
-            ["bench_pipeline.py"] + (["--data", args.data] if args.data else []),
+            ["bench_pipeline.py"] + (["--data", data] if data else []),
             "The trainer's loader against what the demo configs' training step consumes.",
         ),
-        GPU,
-    ]
-    Path(args.out).write_text("\n".join(sections), encoding="utf-8")
-    print(f"wrote {args.out}", file=sys.stderr)
+    }
+
+
+def replace_section(page: str, title: str, section: str) -> str:
+    """``page`` with its section headed ``## title`` (up to the next ``## ``) replaced."""
+    start = page.index(f"## {title}\n")
+    end = page.find("\n## ", start + 1)
+    return page[:start] + section + (page[end:] if end >= 0 else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="a built dataset for the pipeline benchmark")
+    parser.add_argument("--out", default=str(HERE.parent / "docs" / "PERFORMANCE.md"))
+    parser.add_argument(
+        "--only", choices=["step", "scaling", "pipeline"], help="rerun one section of the page"
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
+    table = benchmarks(args.data)
+    if args.only:
+        title, script, notes = table[args.only]
+        page = replace_section(out.read_text(encoding="utf-8"), title, run(title, script, notes))
+    else:
+        sections = [INTRO, f"Machine: {machine_line()} (nproc {os.cpu_count()}).\n"]
+        sections += [run(*entry) for entry in table.values()]
+        page = "\n".join([*sections, GPU])
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
