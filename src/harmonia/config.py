@@ -66,6 +66,8 @@ def parse_yaml(text: str, *, source: str = "<string>") -> Any:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
 
 
 def load_yaml_tree(path: Path, resolve_base: Callable[[str, Path], Path] | None = None) -> dict:
@@ -87,7 +89,11 @@ def _load_tree(
     if resolved in chain:
         cycle = " -> ".join(str(p.name) for p in [*chain, resolved])
         raise ConfigError(f"{path}: '{BASE_KEY}' configs form a cycle: {cycle}")
-    data = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    data = parse_yaml(text, source=str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -97,7 +103,10 @@ def _load_tree(
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: '{BASE_KEY}' must name a config, got {_show(base)}")
-    base_path = resolve_base(base, path) if resolve_base else path.parent / base
+    try:
+        base_path = resolve_base(base, path) if resolve_base else path.parent / base
+    except ConfigError as err:
+        raise ConfigError(f"{path}: '{BASE_KEY}': {err}") from None
     return deep_merge(_load_tree(base_path, resolve_base, [*chain, resolved]), data)
 
 
