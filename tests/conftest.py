@@ -6,11 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from harmonia.data import BuildConfig, SourceData, build_dataset, resolve_source
 from harmonia.data.sources import BUILTIN, ENV_DATA
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests check behaviour, not speed: a loaded 2-core CI machine must not fail them on
+# hypothesis' per-example deadline.
+settings.register_profile("harmonia", deadline=None)
+settings.load_profile("harmonia")
 TINY_SIZES = {"train": 48, "val": 16, "test": 16}
 TINY_NOISE = 0.25
 

@@ -114,7 +114,8 @@ def test_demo_builds_once_then_reuses(
     tmp_path: Path, real_source_dir: Path | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "demo"
-    args = ["demo", "--run-dir", str(run_dir), *_source_args(real_source_dir), *SMALL[:-1]]
+    args = ["demo", "--run-dir", str(run_dir), "--data-only"]
+    args += [*_source_args(real_source_dir), *SMALL[:-1]]
     assert main(args) == 0
     first = capsys.readouterr()
     summary = load_summary(run_dir / "data")
@@ -129,7 +130,7 @@ def test_demo_falls_back_to_builtin_loudly(
 ) -> None:
     monkeypatch.delenv("HARMONIA_DATA", raising=False)
     monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "no-cache"))
-    assert main(["demo", "--run-dir", str(tmp_path / "d"), *SMALL[:-1]]) == 0
+    assert main(["demo", "--run-dir", str(tmp_path / "d"), "--data-only", *SMALL[:-1]]) == 0
     err = capsys.readouterr().err
     assert "BUILT-IN" in err and "NOT speech" in err
     assert load_summary(tmp_path / "d" / "data")["build"]["source"]["kind"] == "builtin"

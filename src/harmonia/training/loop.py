@@ -94,6 +94,11 @@ def train(
     # ---- data: the dataset (built if absent), its training split, a validation subset
     dataset_dir = train_data.ensure_dataset(cfg.data, data_dir, progress=cfg.train.progress)
     train_set = train_data.open_split(dataset_dir, cfg.data.train_split)
+    if len(train_set) < cfg.data.batch_size:
+        raise ConfigError(
+            f"data.batch_size: {cfg.data.batch_size} is more than the {len(train_set)} samples "
+            f"of split '{cfg.data.train_split}' in {dataset_dir}"
+        )
     train_data.check_model_inputs(dataset_dir, cfg.model)
     val_batches = train_data.validation_batches(
         dataset_dir, cfg.data.val_split, cfg.eval, cfg.data.num_workers
