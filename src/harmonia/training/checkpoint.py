@@ -19,7 +19,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,8 +160,26 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     ledger = None
     if (path / LEDGER).is_file():
-        ledger = json.loads((path / LEDGER).read_text(encoding="utf-8"))
+        try:
+            ledger = json.loads((path / LEDGER).read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise CheckpointError(f"cannot read {path / LEDGER}: {err}") from None
     return Checkpoint(path=path, step=int(state["step"]), state=state, ledger=ledger)
+
+
+@contextlib.contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """Around loading a checkpoint's state into a run's objects: a state that does not fit them
+    (tampered with consistently, or written by other code) is a CheckpointError naming it."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        cause = f"no {err.args[0]!r} in it" if isinstance(err, KeyError) and err.args else ""
+        raise CheckpointError(
+            f"{path}: its training state does not fit this run "
+            f"({cause or f'{type(err).__name__}: {text}'})"
+        ) from None
 
 
 def save_model(model: nn.Module, directory: Path) -> None:

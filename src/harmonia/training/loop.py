@@ -38,6 +38,7 @@ from harmonia.training.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    restoring,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -110,6 +111,7 @@ def train(
         model = VATT(cfg.model, WordTokenizer.build(captions))
     else:
         model = VATT.from_pretrained(checkpoint.path)
+        _check_saved_model(model, cfg, checkpoint.path)
     model.to(device)
     objective = ContrastiveObjective(cfg.losses.resolved()).to(device)
     harmonizer = build_harmonizer(cfg.harmonize, cfg.train.seed)
@@ -161,17 +163,18 @@ def train(
     elapsed_before = 0.0
 
     if checkpoint is not None:
-        state = checkpoint.state
-        objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        harmonizer.load_state_dict(state["harmonizer"])
-        if ledger is not None:
-            ledger.load_state_dict(_saved_ledger(checkpoint), source=str(checkpoint.path))
-        stream.load_state_dict(state["data"])
-        guard.load_state_dict(state["guard"])
-        skipped = list(state["skipped"])
-        elapsed_before = float(state["elapsed"])
-        set_rng_state(state["rng"])  # last: everything above may draw random numbers
+        with restoring(checkpoint.path):
+            state = checkpoint.state
+            objective.load_state_dict(state["objective"])
+            optimizer.load_state_dict(state["optimizer"])
+            harmonizer.load_state_dict(state["harmonizer"])
+            if ledger is not None:
+                ledger.load_state_dict(_saved_ledger(checkpoint), source=str(checkpoint.path))
+            stream.load_state_dict(state["data"])
+            guard.load_state_dict(state["guard"])
+            skipped = list(state["skipped"])
+            elapsed_before = float(state["elapsed"])
+            set_rng_state(state["rng"])  # last: everything above may draw random numbers
     _write_atomic(run_dir / CONFIG_FILE, to_yaml(cfg))
 
     def save(at_step: int) -> Path:
@@ -403,6 +406,15 @@ def _checkpoint_to_resume(run_dir: Path, cfg: TrainConfig) -> Checkpoint:
             f"(resume with {run_dir / CONFIG_FILE}, or start a new run)"
         )
     return checkpoint
+
+
+def _check_saved_model(model: VATT, cfg: TrainConfig, path: Path) -> None:
+    changed = config_changes(to_dict(model.config), to_dict(cfg.model), "model.")
+    if changed:
+        raise CheckpointError(
+            f"{path}: its model (config.json) differs from the run's config at "
+            f"{', '.join(changed[:4])}{f' and {len(changed) - 4} more' if len(changed) > 4 else ''}"
+        )
 
 
 def _saved_ledger(checkpoint: Checkpoint) -> dict[str, Any]:
