@@ -169,7 +169,9 @@ def verdict(delta: Delta | None, threshold: float = 1.0) -> str:
 
     Needs at least two seeds; with one there is no seed std to measure an effect against.
     """
-    if delta is None or delta.diff.n < 2:
+    if delta is None:
+        return "no runs"
+    if delta.diff.n < 2:
         return "too few seeds"
     n, effect = delta.diff.n, delta.effect
     if effect is None:  # both arms constant over seeds

@@ -59,7 +59,8 @@ def conflict_distributions(results: Sequence[Result], budget: Budget, out: Path)
                 ax.set_xlabel("final ledger score (EMA gradient cosine)")
             if col == 0:
                 ax.set_ylabel("density")
-            ax.legend(fontsize=6, loc="upper left")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="upper left")
     fig.suptitle("Conflict scores of training triplets, all seeds pooled (low = conflicting)")
     fig.tight_layout()
     path = out / "conflict_scores.png"

@@ -73,7 +73,7 @@ BUDGETS: dict[str, Budget] = {
         val=200,
         test=500,
         description="3 seeds, 300 steps of batch 32 (about 10 epochs of 1,000 clips); "
-        "about 60 minutes on 2 cores",
+        "sized for about 60 minutes on 2 otherwise idle cores",
     ),
     "quick": Budget(
         "quick",
@@ -82,7 +82,8 @@ BUDGETS: dict[str, Budget] = {
         train=1000,
         val=200,
         test=500,
-        description="2 seeds, 200 steps; about 25 minutes on 2 cores",
+        description="2 seeds, 200 steps of batch 32; sized for about 25-30 minutes on 2 "
+        "otherwise idle cores",
     ),
     "smoke": Budget(
         "smoke",

@@ -23,7 +23,7 @@ from harmonia.experiments.analysis import (
     select,
     verdict,
 )
-from harmonia.experiments.plan import VARIANT_LABELS, StudyPlan
+from harmonia.experiments.plan import BUDGETS, VARIANT_LABELS, StudyPlan
 
 HEADLINE = ("zs_digit", "t2v", "a2v", "probe_vd")
 """Metrics the claims are judged on (downstream retrieval and classification)."""
@@ -117,7 +117,14 @@ class Report:
         lines = [
             "## Setup",
             "",
-            f"- **Budget `{b.name}`**: {b.description}.",
+            f"- **Budget `{b.name}`**: {b.description}."
+            + (
+                ""
+                if b.name == "full"
+                else " This is not the full study (`--budget full`: "
+                f"{BUDGETS['full'].seeds} seeds, {BUDGETS['full'].steps} steps); treat its "
+                "verdicts as weaker evidence."
+            ),
             f"- **Runs**: {n_runs} planned, {len(self.results)} finished"
             + (f", **{len(self.failed)} failed** (listed at the end)" if self.failed else "")
             + (
@@ -397,7 +404,7 @@ class Report:
         lines = ["## Findings", ""]
         cells: dict[str, dict[str, int]] = {}
         for variant in ("gr", "cl", "gr+cl"):
-            count = {"helps": 0, "hurts": 0, "no clear effect": 0, "too few seeds": 0}
+            count = {"helps": 0, "hurts": 0, "no clear effect": 0, "too few seeds": 0, "no runs": 0}
             for noise in b.noise_rates:
                 for key in HEADLINE:
                     count[verdict(self.versus_baseline(variant, noise, _metric(key)))] += 1
@@ -409,6 +416,7 @@ class Report:
                 f"metric) cells: helps in {count['helps']}, hurts in {count['hurts']}, no clear "
                 f"effect in {count['no clear effect']}"
                 + (f", too few seeds in {count['too few seeds']}" if count["too few seeds"] else "")
+                + (f", not run in {count['no runs']}" if count["no runs"] else "")
                 + "."
             )
         lines += self.learning_notes()
@@ -423,8 +431,9 @@ class Report:
                 f"- **Conflicts are not specific to misalignment**: even with 0% misaligned triplets "
                 f"{100 * clean.mean:.0f}% of triplets have conflicting gradients (baseline, mean over "
                 f"training), vs {100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%}. "
-                "Most conflicts on this data come from the two losses wanting different things from a "
-                "correctly aligned triplet (audio carries no motion), which PCGrad then projects away."
+                "So most conflicts here are not caused by misalignment; a likely reason is that "
+                "the two losses ask different things of a correctly aligned triplet (the audio "
+                "carries the digit but not the motion), and PCGrad projects those away too."
                 if clean.mean > 0.5 * noisiest.mean
                 else f"- **Conflicts track misalignment**: {100 * clean.mean:.0f}% conflicting at 0% vs "
                 f"{100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%} misaligned (baseline)."
