@@ -199,6 +199,8 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         raise DataError(f"recording {path} has unsupported sample width {width} bytes")
     if channels > 1:
         data = data[: data.size - data.size % channels].reshape(-1, channels).mean(axis=1)
+    if data.size == 0:  # a clip would get silence while its labels say a digit is spoken
+        raise DataError(f"recording {path} holds no samples")
     return data, rate
 
 
