@@ -75,6 +75,7 @@ def build_dataset(
     plans = make_plans(config, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    _remove_killed_builds(out)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (tmp / SHARD_FOLDER).mkdir(parents=True)
@@ -88,6 +89,25 @@ def build_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def _remove_killed_builds(out: Path) -> None:
+    """Delete the work directories that killed builds of ``out`` left (their process is gone)."""
+    prefix = f".{out.name}.tmp-"
+    for stale in out.parent.iterdir():
+        pid = stale.name[len(prefix) :]
+        if stale.name.startswith(prefix) and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _replace(tmp: Path, out: Path) -> None:
