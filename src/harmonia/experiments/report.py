@@ -419,7 +419,8 @@ class Report:
                 + (f", not run in {count['no runs']}" if count["no runs"] else "")
                 + "."
             )
-        lines += self.learning_notes()
+        notes, near_chance = self.learning_notes()
+        lines += notes
         # where conflicts come from
         fracs = {
             n: Stat.of(mean_conflict_fraction(r) for r in self.ablation("baseline", n))
@@ -427,16 +428,24 @@ class Report:
         }
         clean, noisiest = fracs.get(0.0), fracs.get(max(b.noise_rates))
         if clean is not None and noisiest is not None:
+            why = (
+                f"A likely reason: loss {', '.join(f'`{n}`' for n in near_chance)} stayed near "
+                "chance, and a gradient that is close to noise has a negative cosine with the "
+                "other loss's gradient for about half of the triplets whatever their alignment."
+                if near_chance
+                else "A likely reason: the two losses ask different things of a correctly "
+                "aligned triplet (the audio carries the digit but not the motion)."
+            )
             lines.append(
-                f"- **Conflicts are not specific to misalignment**: even with 0% misaligned triplets "
-                f"{100 * clean.mean:.0f}% of triplets have conflicting gradients (baseline, mean over "
-                f"training), vs {100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%}. "
-                "So most conflicts here are not caused by misalignment; a likely reason is that "
-                "the two losses ask different things of a correctly aligned triplet (the audio "
-                "carries the digit but not the motion), and PCGrad projects those away too."
+                f"- **Conflicts are not specific to misalignment**: with 0% misaligned triplets "
+                f"{100 * clean.mean:.0f}% of triplets have conflicting gradients (baseline, mean "
+                f"over training), vs {100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%}. "
+                f"{why} PCGrad then edits the gradients of triplets that are not misaligned, "
+                "and the curriculum holds those triplets back."
                 if clean.mean > 0.5 * noisiest.mean
-                else f"- **Conflicts track misalignment**: {100 * clean.mean:.0f}% conflicting at 0% vs "
-                f"{100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%} misaligned (baseline)."
+                else f"- **Conflicts track misalignment**: {100 * clean.mean:.0f}% conflicting at "
+                f"0% vs {100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%} misaligned "
+                "(baseline)."
             )
         for noise in b.noise_rates:
             if noise == 0:
@@ -458,9 +467,10 @@ class Report:
                     f"({best_base[1]}) reaches {num(best_base[0], 2)} on its own flag."
                 )
         lines += [
-            "- Caveats: a small model and short schedules on a synthetic-but-real dataset; the "
-            "paper's effects (about +1-2 points on VATT at HowTo100M scale) are smaller than the "
-            "seed spread of short CPU runs, so 'no clear effect' is not evidence of no effect.",
+            "- Caveats: a tiny model and short schedules on a small synthetic-but-real dataset; "
+            "effects of a few points are within the seed spread of such runs, so 'no clear "
+            "effect' is not evidence of no effect"
+            + (f", and with {b.seeds} seed(s) every verdict is fragile." if b.seeds < 3 else "."),
             "",
         ]
         if self.failed:
@@ -473,8 +483,8 @@ class Report:
             lines.append("")
         return lines
 
-    def learning_notes(self) -> list[str]:
-        """Did each loss learn? A loss near chance has a gradient close to noise."""
+    def learning_notes(self) -> tuple[list[str], list[str]]:
+        """Did each loss learn? (notes, losses near chance): such a gradient is close to noise."""
         b = self.budget
         runs = [r for r in self.results if r["spec"]["study"] == "ablation"]
         names = sorted(
@@ -486,12 +496,14 @@ class Report:
             }
         )
         chance = math.log(b.batch_size)
-        lines = []
+        lines, near_chance = [], []
         for name in names:
             final = Stat.of(r["train"]["final"].get(f"loss/{name}") for r in runs)
             if final is None:
                 continue
             near = final.mean > 0.9 * chance
+            if near:
+                near_chance.append(name)
             lines.append(
                 f"- **Loss `{name}`** ended training at {num(final, 2)} (all ablation runs; chance "
                 f"= ln {b.batch_size} = {chance:.2f}): "
@@ -502,7 +514,7 @@ class Report:
                     else f"it learned ({100 * (1 - final.mean / chance):.0f}% below chance)."
                 )
             )
-        return lines
+        return lines, near_chance
 
     def reproduce(self) -> list[str]:
         f = self.facts
