@@ -296,7 +296,7 @@ def expand_model_size(data: Mapping[str, Any]) -> dict[str, Any]:
         return out
     rest = dict(model)
     size = rest.pop("size")
-    if size not in SIZES:
+    if not isinstance(size, str) or size not in SIZES:
         near = suggest(str(size), list(SIZES))
         hint = f" (did you mean '{near}'?)" if near else ""
         raise ConfigError(f"model.size: unknown size {size!r}{hint}; known: {', '.join(SIZES)}")
