@@ -7,12 +7,13 @@ wrap_model, a collective per step, rank 0 writing a checkpoint per step with har
 checkpoint module). Under torchrun a killed rank makes the agent stop the survivor and name the
 failed rank; the restart finishes bit-identical to the one-process computation of the same
 two-rank run. Without an agent (processes launched by hand, as by a batch system), a survivor
-waiting on a hung peer fails after DistributedContext's ``timeout_s``; a killed peer fails it at
-once (slow test).
+waiting on a hung peer fails after DistributedContext's ``timeout_s``, and a killed peer fails it
+at once (slow tests).
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def test_a_killed_rank_stops_the_run_and_the_restart_resumes(tmp_path: Path) -> 
     assert proc.returncode != 0
     assert stopped_after < 60, stopped_after  # the group timeout is 600 s: no waiting on it
     root_cause = err[err.index("Root Cause") :]
-    assert "rank      : 1" in root_cause and "Signal 9 (SIGKILL)" in root_cause, err[-2000:]
+    assert re.search(r"rank\s*:\s*1\b", root_cause) and "SIGKILL" in root_cause, err[-2000:]
     last = latest_checkpoint(out)
     assert last is not None and last.name == f"step-{DIE_AT - 1:08d}"
 
@@ -101,7 +102,7 @@ def test_a_killed_rank_stops_the_run_and_the_restart_resumes(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("how", "timeout", "message"),
     [
-        ("stop", 5, "Timed out waiting 5000ms"),
+        pytest.param("stop", 5, "Timed out", marks=pytest.mark.slow),
         pytest.param("kill", 600, "Connection", marks=pytest.mark.slow),
     ],
     ids=["hung-peer-times-out", "killed-peer-fails-at-once"],
