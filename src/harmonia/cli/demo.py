@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from harmonia.cli.data import (
     load_source,
     one_line_errors,
 )
+from harmonia.files import write_atomic
 
 # (run name, shipped config): the baseline first, then the harmonized model.
 DEMO_RUNS: tuple[tuple[str, str], ...] = (("baseline", "demo"), ("harmonized", "demo-harmonized"))
@@ -112,9 +112,7 @@ def evaluate_run(run_dir: Path, data: Path) -> dict[str, Any]:
         return cached
     model = VATT.from_pretrained(run.require_model())
     result = evaluate(model, data, "test", ledger=run.ledger(), progress=True)
-    tmp = run.eval_path.with_name(f".{run.eval_path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run.eval_path)
+    write_atomic(run.eval_path, json.dumps(result, indent=2) + "\n")
     return result
 
 

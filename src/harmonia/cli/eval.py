@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from harmonia.errors import HarmoniaError
+from harmonia.files import write_atomic
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     out = Path(args.json) if args.json else run_dir.eval_path
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harmonia.experiments.plan import Budget, RunSpec
+from harmonia.files import write_atomic
 
 RESULT_FILE = "result.json"
 EVAL_FILE = "eval.json"
@@ -163,9 +164,7 @@ def ledger_by_flag(ledger_csv: Path, dataset: Path) -> dict[str, list[float]]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def _init_worker() -> None:

@@ -18,6 +18,7 @@ from harmonia.experiments.datasets import ensure_built, extra_view
 from harmonia.experiments.plan import Budget, StudyPlan, extra_view_key, make_plan
 from harmonia.experiments.report import render
 from harmonia.experiments.runner import run_all, split_cached
+from harmonia.files import write_atomic
 
 PACKAGES = ("harmonia", "torch", "numpy", "scikit-learn", "av", "matplotlib")
 
@@ -148,9 +149,7 @@ def reproduce(
     }
     results_md.parent.mkdir(parents=True, exist_ok=True)
     text = render(plan, ordered, facts)
-    tmp = results_md.with_name(f".{results_md.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, results_md)
+    write_atomic(results_md, text)
     failed = [r["name"] for r in ordered if "error" in r]
     log(
         f"wrote {results_md} and {len(made)} figures in {figures_dir} "

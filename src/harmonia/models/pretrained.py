@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from harmonia.errors import CheckpointError, ConfigError
+from harmonia.files import write_atomic
 from harmonia.models.config import ModelConfig
 from harmonia.models.vocab import WordTokenizer
 
@@ -38,8 +39,8 @@ def save_pretrained(model: VATT, directory: str | Path) -> None:
     config = _json_bytes({"format": FORMAT, "version": 1, "config": model.config.to_dict()})
     vocab = _json_bytes(model.tokenizer.to_dict()) if model.tokenizer is not None else b""
     if vocab:
-        _write_atomic(path / VOCAB, vocab)
-    _write_atomic(path / CONFIG, config)
+        write_atomic(path / VOCAB, vocab)
+    write_atomic(path / CONFIG, config)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", "harmonia": FORMAT, "config_sha256": _sha(config)}
     if vocab:
@@ -80,12 +81,6 @@ def _json_bytes(data: Any) -> bytes:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _read(path: Path) -> bytes:

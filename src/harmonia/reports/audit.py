@@ -21,6 +21,7 @@ from harmonia.errors import HarmoniaError
 from harmonia.evaluation.labels import NOISE_FLAGS, noise_flag
 from harmonia.evaluation.noise_detection import detection_metrics
 from harmonia.evaluation.run_dir import RunDir
+from harmonia.files import write_atomic
 from harmonia.harmonization.ledger import LedgerEntry
 from harmonia.reports import plots
 from harmonia.reports.html import audio_player, esc, img, key_values, page, section, table
@@ -76,7 +77,7 @@ def build_audit(
     html_path.parent.mkdir(parents=True, exist_ok=True)
 
     csv_text = _scores_csv(ledger, index)
-    _atomic_write(csv_path, csv_text)
+    write_atomic(csv_path, csv_text)
 
     suspects = ledger[:top_k]
     if media is None and dataset is not None and suspects:
@@ -92,14 +93,8 @@ def build_audit(
         ("suspects", f"Top-{len(suspects)} suspects", _suspects(suspects, index, found, dataset)),
     ]
     meta = f"run <code>{esc(run.path)}</code> &middot; generated {esc(time.strftime('%Y-%m-%d %H:%M'))}"
-    _atomic_write(html_path, page(f"harmonia audit: {run.path.name}", meta, sections))
+    write_atomic(html_path, page(f"harmonia audit: {run.path.name}", meta, sections))
     return AuditOutputs(html=html_path, csv=csv_path, n_scored=len(ledger), n_shown=len(suspects))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _figure(fig: Figure | None, alt: str) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from harmonia.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
@@ -142,9 +143,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     """
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
     text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _finite_or_none(value: float) -> float | None:

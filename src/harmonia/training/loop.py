@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import closing, nullcontext
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from harmonia.config import to_dict, to_yaml
 from harmonia.errors import CheckpointError, ConfigError, HarmoniaError
+from harmonia.files import write_atomic
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
 from harmonia.harmonization.ledger import ConflictLedger
@@ -175,7 +175,7 @@ def train(
             skipped = list(state["skipped"])
             elapsed_before = float(state["elapsed"])
             set_rng_state(state["rng"])  # last: everything above may draw random numbers
-    _write_atomic(run_dir / CONFIG_FILE, to_yaml(cfg))
+    write_atomic(run_dir / CONFIG_FILE, to_yaml(cfg))
 
     def save(at_step: int) -> Path:
         state = {
@@ -310,15 +310,8 @@ def train(
         "dataset": str(dataset_dir),
         "device": str(device),
     }
-    _write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside and rename over: a kill while writing leaves the previous file whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _stop(signal_name: str | None, checkpoint: Path, step: int) -> str:
