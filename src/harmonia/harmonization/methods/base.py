@@ -63,6 +63,20 @@ class Method(ABC):
             )
 
 
+class OrderedMethod(Method):
+    """A method that visits the other losses in a random order per sample and task (PCGrad,
+    GradVac): `combine` draws the orders, `combine_in_order` does the work (and is what tests
+    call with fixed orders)."""
+
+    def combine(self, gram: Tensor, generator: torch.Generator) -> Combination:
+        batch, tasks = gram.shape[:2]
+        return self.combine_in_order(gram, random_orders(batch, tasks, generator, gram.device))
+
+    @abstractmethod
+    def combine_in_order(self, gram: Tensor, orders: Tensor) -> Combination:
+        """Coefficients for given orders ``[B, M, M - 1]`` (task ``i`` visits ``orders[:, i]``)."""
+
+
 def random_orders(
     batch: int, tasks: int, generator: torch.Generator, device: torch.device
 ) -> Tensor:

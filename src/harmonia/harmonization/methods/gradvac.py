@@ -13,17 +13,16 @@ from torch import Tensor
 
 from harmonia.harmonization.methods.base import (
     Combination,
-    Method,
+    OrderedMethod,
     gather_diag,
     gather_rows,
-    random_orders,
 )
 
 TARGET_CEILING = 1.0 - 1e-6
 """Targets are kept below 1: at exactly 1 the paper's correction divides by zero."""
 
 
-class GradVac(Method):
+class GradVac(OrderedMethod):
     """GradVac per sample, tracked as coefficients using only the Gram matrix.
 
     For each task ``i`` and every other task ``j`` in a random order, with ``phi`` the cosine of
@@ -47,11 +46,6 @@ class GradVac(Method):
             raise ValueError(f"gradvac beta must be in [0, 1], got {beta}")
         self.beta = beta
         self.target: Tensor | None = None
-
-    def combine(self, gram: Tensor, generator: torch.Generator) -> Combination:
-        batch, tasks = gram.shape[:2]
-        orders = random_orders(batch, tasks, generator, gram.device)
-        return self.combine_in_order(gram, orders)
 
     def combine_in_order(self, gram: Tensor, orders: Tensor) -> Combination:
         """GradVac with given orders ``[B, M, M - 1]``; updates the targets."""

@@ -11,14 +11,13 @@ from torch import Tensor
 
 from harmonia.harmonization.methods.base import (
     Combination,
-    Method,
+    OrderedMethod,
     gather_diag,
     gather_rows,
-    random_orders,
 )
 
 
-class PCGrad(Method):
+class PCGrad(OrderedMethod):
     """PCGrad per sample, tracked as coefficients using only the Gram matrix.
 
     For each task ``i``: ``g_i' = g_i``; for every other task ``j`` in a random order, if
@@ -29,11 +28,6 @@ class PCGrad(Method):
     """
 
     name = "pcgrad"
-
-    def combine(self, gram: Tensor, generator: torch.Generator) -> Combination:
-        batch, tasks = gram.shape[:2]
-        orders = random_orders(batch, tasks, generator, gram.device)
-        return self.combine_in_order(gram, orders)
 
     def combine_in_order(self, gram: Tensor, orders: Tensor) -> Combination:
         """PCGrad with given orders ``[B, M, M - 1]`` (task ``i`` visits ``orders[:, i]``)."""
