@@ -259,7 +259,7 @@ def test_fuzz_overrides() -> None:
         st.lists(override(), min_size=1, max_size=3),
         override_case,
     )
-    assert counts["valid"] > 0.1 * sum(counts.values())  # the fuzzer reaches valid configs too
+    assert counts["valid"] > 0.05 * sum(counts.values())  # the fuzzer reaches valid configs too
 
 
 # ------------------------------------------------------------------------- config files

@@ -14,7 +14,6 @@ at once (slow tests).
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,23 +25,14 @@ from safetensors.torch import load_file
 
 from faults import HERE, child_env, ddp_reference, record, torch_threads
 from harmonia.training.checkpoint import latest_checkpoint
+from launch import free_port, rank_env, torchrun_command
 
 STEPS = 6
 DIE_AT = 4
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def torchrun(out: Path, *extra: str) -> subprocess.Popen[str]:
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "--max-restarts", "0",
-        "--monitor-interval", "0.2", str(HERE), "ddp", str(out), str(STEPS), *extra,
-    ]  # fmt: skip
+    command = torchrun_command(2, str(HERE), "ddp", str(out), str(STEPS), *extra)
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
     )
@@ -50,11 +40,10 @@ def torchrun(out: Path, *extra: str) -> subprocess.Popen[str]:
 
 def by_hand(out: Path, *extra: str) -> list[subprocess.Popen[str]]:
     """The two ranks started directly with torchrun's environment variables, no agent."""
-    port = str(free_port())
+    port = free_port()
     procs = []
     for rank in range(2):
-        env = {**child_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        env = rank_env(child_env(), rank, 2, port)
         command = [sys.executable, str(HERE), "ddp", str(out), str(STEPS), *extra]
         procs.append(
             subprocess.Popen(

@@ -224,7 +224,7 @@ def test_graceful_stop_resumes_at_the_same_data_position(
     assert stopped is not None
     at = load_checkpoint(stopped).step
     assert 3 <= at < steps and logged_steps(run)[-1] == at
-    position = load_checkpoint(stopped).state["data"]
+    (position,) = load_checkpoint(stopped).state["data"]  # one per rank
     assert (position["epoch"], position["consumed"]) == (at // EPOCH, at % EPOCH)
     assert not (run / "model").exists()
 

@@ -23,3 +23,9 @@ class DataError(HarmoniaError):
 
 class CheckpointError(HarmoniaError):
     """A checkpoint or model directory is missing, tampered with, or does not match."""
+
+
+class DistributedError(HarmoniaError):
+    """Another process of a distributed run failed or stopped answering (exit code 1)."""
+
+    exit_code = 1

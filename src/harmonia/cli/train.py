@@ -1,4 +1,7 @@
-"""`harmonia train CONFIG --out RUN_DIR [--data DATASET_DIR] [--resume] [key=value ...]`."""
+"""`harmonia train CONFIG --out RUN_DIR [--data DATASET_DIR] [--resume] [key=value ...]`.
+
+The same command runs under torchrun (``torchrun --nproc-per-node N -m harmonia train ...``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ def register(subparsers: Any) -> None:
         help="train a model from a config into a run directory",
         description="Train VATT with cross-modality gradient harmonization. CONFIG is a shipped "
         "config name (see `harmonia config list`) or a YAML file; key=value pairs override it "
-        "(e.g. harmonize.method=pcgrad train.steps=500).",
+        "(e.g. harmonize.method=pcgrad train.steps=500). Under torchrun (torchrun "
+        "--nproc-per-node N -m harmonia train ...) the N processes share one global batch of "
+        "N x data.batch_size samples and rank 0 writes the run directory; see "
+        "docs/distributed.md.",
     )
     one_line_errors(parser)
     parser.__class__ = _IntermixedParser
@@ -27,7 +33,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="run directory (metrics, checkpoints, model)")
     parser.add_argument("--data", default=None, help="dataset directory (default: data.dir)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the run's newest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the run's newest checkpoint (start the run if it has none yet)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -67,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except (OSError, SafetensorError) as err:  # disk full, unwritable output: not a bug
         raise HarmoniaError(_io_error(err, Path(args.out))) from err
+    if summary.get("rank", 0) != 0:  # under torchrun, rank 0 reports for the run
+        return 0
     final = {k: v for k, v in summary["final_metrics"].items() if k.startswith(("loss/", "val/"))}
     print(
         f"{summary['status']} after {summary['steps']} steps in {summary['time_s']:.1f} s; "

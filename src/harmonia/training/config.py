@@ -2,8 +2,9 @@
 
 Sections: ``data`` (dataset and loader), ``model`` (harmonia.models.ModelConfig), ``losses``,
 ``harmonize`` (Harmonizer method, space, curriculum, ledger, sampler), ``optim`` (AdamW and its
-schedule), ``train`` (length, intervals, checkpoints, device) and ``eval``. Shipped configs live
-in ``harmonia/configs/*.yaml`` and are named without the extension (``demo``, ``vatt-base``).
+schedule), ``train`` (length, intervals, checkpoints, device), ``eval`` and ``distributed``
+(torchrun). Shipped configs live in ``harmonia/configs/*.yaml`` and are named without the
+extension (``demo``, ``vatt-base``).
 """
 
 from __future__ import annotations
@@ -218,6 +219,23 @@ class TrainLoopConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How `harmonia train` runs under torchrun (ignored by a single process).
+
+    ``data.batch_size`` is per process: the global batch is ``world size x batch_size``, and
+    every loss takes its negatives from the whole global batch.
+    """
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp (DistributedDataParallel) or fsdp (FSDP2 ``fully_shard`` of each transformer block)."""
+    timeout_s: float = 1800.0
+    """Seconds a process waits for the others in a collective before it fails."""
+
+    def validate(self) -> None:
+        require_positive(self, "timeout_s")
+
+
+@dataclass
 class EvalConfig:
     """The periodic validation pass (retrieval loss and R@1 on the validation split)."""
 
@@ -241,6 +259,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def replace(self, **sections: Any) -> TrainConfig:
         """A copy with whole sections replaced."""

@@ -25,20 +25,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from harmonia.errors import ConfigError
+from harmonia.errors import ConfigError, DistributedError, HarmoniaError
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.ledger import ConflictLedger, MergeMode
 from harmonia.losses import Gather, gather_with_grad, local_gather
 
 Strategy = Literal["none", "ddp", "fsdp"]
 STRATEGIES: tuple[str, ...] = ("none", "ddp", "fsdp")
+T = TypeVar("T")
 
 
 class DistributedContext:
@@ -177,6 +178,42 @@ class DistributedContext:
         box = [obj if self.rank == src else None]
         dist.broadcast_object_list(box, src=src, group=self.group)
         return box[0]
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (a decision all ranks share)."""
+        if not self.is_distributed:
+            return bool(flag)
+        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        vote = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(vote.item() > 0)
+
+    def run_on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and hand its result to every rank (collective).
+
+        If ``fn`` raises, every rank raises too (a `HarmoniaError` as itself, anything else as
+        a `DistributedError` naming it on the other ranks), so no rank is left waiting for a
+        peer that failed, e.g. while rank 0 builds the dataset or writes a checkpoint.
+        """
+        if not self.is_distributed:
+            return fn()
+        result: Any = None
+        failure: BaseException | None = None
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException as err:
+                failure = err
+        shared = failure if isinstance(failure, HarmoniaError) else None
+        if failure is not None and shared is None:
+            first = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+            shared = DistributedError(f"rank 0 failed: {type(failure).__name__}: {first}")
+        outcome = self.broadcast_object(("error", shared) if failure else ("ok", result))
+        if failure is not None:
+            raise failure
+        if outcome[0] == "error":
+            raise outcome[1]
+        return cast(T, outcome[1])
 
     def mean(self, values: Mapping[str, float]) -> dict[str, float]:
         """The mean over ranks of each named number (e.g. losses, for logging on rank 0).
@@ -340,6 +377,29 @@ def check_supported(strategy: str, space: str, encoder: nn.Module | None = None)
                     f"{name} ({type(module).__name__}) needs its full weights after the forward, "
                     "which FSDP shards; use strategy ddp or space embedding"
                 )
+
+
+_COLLECTIVE_FAILURES = (
+    "gloo",
+    "nccl",
+    "connection closed",
+    "connection reset",
+    "broken pipe",
+    "timed out",
+    "timeout",
+)
+
+
+def is_collective_failure(err: BaseException) -> bool:
+    """Whether ``err`` says a collective failed: a peer died, hung or closed its connection.
+
+    torch raises ``DistError`` subclasses for most of these, and plain RuntimeErrors from the
+    gloo transport for some; both name the backend or the broken connection.
+    """
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(word in text for word in _COLLECTIVE_FAILURES)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import closing, nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,16 @@ import torch
 from tqdm import tqdm
 
 from harmonia.config import to_dict, to_yaml
-from harmonia.errors import CheckpointError, ConfigError, HarmoniaError
+from harmonia.errors import CheckpointError, ConfigError, DistributedError, HarmoniaError
 from harmonia.files import write_atomic
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
 from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.harmonization.sampler import CurriculumSampler
-from harmonia.losses import ContrastiveObjective
+from harmonia.losses import ContrastiveObjective, local_gather
 from harmonia.models import VATT, WordTokenizer
 from harmonia.training import data as train_data
-from harmonia.training.batches import BatchStream, EpochSampler, ResumableSampler
+from harmonia.training.batches import BatchStream, ResumableSampler
 from harmonia.training.checkpoint import (
     Checkpoint,
     latest_checkpoint,
@@ -44,8 +45,20 @@ from harmonia.training.checkpoint import (
     set_rng_state,
 )
 from harmonia.training.config import HarmonizeConfig, TrainConfig, load_train_config
+from harmonia.training.distributed import (
+    DistributedContext,
+    check_supported,
+    clip_gradients,
+    full_model_state,
+    full_optimizer_state,
+    is_collective_failure,
+    is_sharded,
+    load_optimizer_state,
+    wrap_model,
+)
 from harmonia.training.guard import BadStepGuard
 from harmonia.training.logging import MetricAccumulator, MetricLogger
+from harmonia.training.partition import RankEpochSampler
 from harmonia.training.schedule import WarmupCosine
 from harmonia.training.signals import StopRequest
 from harmonia.training.validation import validate
@@ -54,8 +67,17 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
 LEDGER_CSV = "ledger.csv"
-RESUMABLE_CHANGES = ("train.", "eval.", "data.dir", "data.num_workers", "data.source")
+RESUMABLE_CHANGES = (
+    "train.",
+    "eval.",
+    "data.dir",
+    "data.num_workers",
+    "data.source",
+    "distributed.",
+)
 """Config keys that may differ when resuming a run (they do not change what is computed)."""
+RANK_SEED_STRIDE = 1_000_003
+"""Rank r > 0 seeds its generator with ``seed + r * RANK_SEED_STRIDE`` after building the model."""
 
 
 def train_named(
@@ -78,27 +100,57 @@ def train(
     data_dir: str | Path | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Train from ``cfg`` into the run directory ``out``; returns what RUN/summary.json holds."""
+    """Train from ``cfg`` into the run directory ``out``; returns what RUN/summary.json holds.
+
+    Under torchrun every process calls this: the processes share one global batch (each
+    contributes ``data.batch_size`` samples and takes its negatives from all of them), and
+    rank 0 writes the run directory. ``resume`` continues from the newest checkpoint, or
+    starts the run if it has none yet (so a restarted job can always pass it).
+    """
     run_dir = Path(out)
-    started = time.time()
     if data_dir is not None:  # recorded in RUN/config.yaml, where evaluation looks for the data
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(data_dir)))
-    checkpoint = _checkpoint_to_resume(run_dir, cfg) if resume else None
+    device = resolve_device(cfg.train.device)
+    with DistributedContext.from_env(device.type, timeout_s=cfg.distributed.timeout_s) as ctx:
+        try:
+            where = ctx.device if ctx.is_distributed else device
+            return _train(cfg, run_dir, ctx, where, data_dir=data_dir, resume=resume)
+        except RuntimeError as err:
+            if not ctx.is_distributed or not is_collective_failure(err):
+                raise
+            raise DistributedError(_lost_peer(ctx, err, run_dir)) from err
+
+
+def _train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    ctx: DistributedContext,
+    device: torch.device,
+    *,
+    data_dir: str | Path | None,
+    resume: bool,
+) -> dict[str, Any]:
+    started = time.time()
+    main = ctx.is_main
+    checkpoint = _checkpoint_to_resume(run_dir, cfg, main) if resume else None
     if checkpoint is None:
         _refuse_to_overwrite(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
     steps = cfg.train.steps
     step = 0 if checkpoint is None else checkpoint.step
 
-    # ---- data: the dataset (built if absent), its training split, a validation subset
-    dataset_dir = train_data.ensure_dataset(cfg.data, data_dir, progress=cfg.train.progress)
+    # ---- data: the dataset (rank 0 builds it if absent), its training split, a validation subset
+    dataset_dir = ctx.run_on_main(
+        lambda: train_data.ensure_dataset(cfg.data, data_dir, progress=cfg.train.progress)
+    )
     train_set = train_data.open_split(dataset_dir, cfg.data.train_split)
-    if len(train_set) < cfg.data.batch_size:
+    if len(train_set) < cfg.data.batch_size * ctx.world_size:
+        per = f" x {ctx.world_size} processes" if ctx.is_distributed else ""
         raise ConfigError(
-            f"data.batch_size: {cfg.data.batch_size} is more than the {len(train_set)} samples "
-            f"of split '{cfg.data.train_split}' in {dataset_dir}"
+            f"data.batch_size: {cfg.data.batch_size}{per} is more than the {len(train_set)} "
+            f"samples of split '{cfg.data.train_split}' in {dataset_dir}"
         )
     train_data.check_model_inputs(dataset_dir, cfg.model)
     val_batches = train_data.validation_batches(
@@ -108,19 +160,24 @@ def train(
     # ---- model (vocabulary from the training captions), losses, harmonizer, ledger
     if checkpoint is None:
         captions = train_data.split_captions(dataset_dir, cfg.data.train_split)
-        model = VATT(cfg.model, WordTokenizer.build(captions))
+        net = VATT(cfg.model, WordTokenizer.build(captions))
     else:
-        model = VATT.from_pretrained(checkpoint.path)
-        _check_saved_model(model, cfg, checkpoint.path)
-    model.to(device)
-    objective = ContrastiveObjective(cfg.losses.resolved()).to(device)
+        net = VATT.from_pretrained(checkpoint.path)
+        _check_saved_model(net, cfg, checkpoint.path)
+    net.to(device)
+    if ctx.rank:  # the same initial weights everywhere, but each rank its own DropToken draws
+        torch.manual_seed(cfg.train.seed + RANK_SEED_STRIDE * ctx.rank)
+    encoder = net.anchor_encoder()
+    check_supported(cfg.distributed.strategy, cfg.harmonize.space, encoder)
+    model = wrap_model(net, ctx, cfg.distributed.strategy)  # the net itself in one process
+    objective = ContrastiveObjective(cfg.losses.resolved(), gather=ctx.gather).to(device)
     harmonizer = build_harmonizer(cfg.harmonize, cfg.train.seed)
     ledger = None
     if cfg.harmonize.ledger.enabled:
         options = cfg.harmonize.ledger
         ledger = ConflictLedger(options.decay, options.prior, options.conflict_threshold)
 
-    # ---- batches: the ledger-driven sampler or a plain shuffle, resumable mid-epoch
+    # ---- batches: the ledger-driven sampler or a plain shuffle, each rank its share, resumable
     sampler: ResumableSampler
     if ledger is not None and cfg.harmonize.sampler.enabled:
         s = cfg.harmonize.sampler
@@ -131,9 +188,11 @@ def train(
             warmup=s.warmup,
             shape=s.shape,
             seed=cfg.train.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
         )
     else:
-        sampler = EpochSampler(len(train_set), seed=cfg.train.seed)
+        sampler = RankEpochSampler(len(train_set), cfg.train.seed, ctx.rank, ctx.world_size)
     stream = BatchStream(
         train_set,
         sampler,
@@ -154,74 +213,99 @@ def train(
         betas=o.betas,
         eps=o.eps,
     )
+    sharded = is_sharded(model)  # FSDP2: optimizer and model state gathered from the shards
+    parts = torch.nn.ModuleDict({"model": model, "objective": objective}) if sharded else model
     schedule = WarmupCosine(
         o.lr, steps, o.warmup_fraction, min_ratio=o.min_lr_ratio, cosine=o.schedule == "cosine"
     )
     clip = o.grad_clip if o.grad_clip is not None else math.inf
     guard = BadStepGuard(cfg.train.max_bad_steps)
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []  # this rank's corrupt samples (rank 0: also the saved ones)
     elapsed_before = 0.0
 
     if checkpoint is not None:
         with restoring(checkpoint.path):
             state = checkpoint.state
             objective.load_state_dict(state["objective"])
-            optimizer.load_state_dict(state["optimizer"])
+            if sharded:
+                load_optimizer_state(parts, optimizer, state["optimizer"])
+            else:
+                optimizer.load_state_dict(state["optimizer"])
             harmonizer.load_state_dict(state["harmonizer"])
             if ledger is not None:
                 ledger.load_state_dict(_saved_ledger(checkpoint), source=str(checkpoint.path))
-            stream.load_state_dict(state["data"])
+            stream.load_state_dict(_rank_state(state, "data", ctx))
             guard.load_state_dict(state["guard"])
-            skipped = list(state["skipped"])
+            skipped = list(state["skipped"]) if main else []
             elapsed_before = float(state["elapsed"])
-            set_rng_state(state["rng"])  # last: everything above may draw random numbers
-    write_atomic(run_dir / CONFIG_FILE, to_yaml(cfg))
+            rng = _rank_state(state, "rng", ctx)  # last: the above may draw random numbers
+            if rng is not None:
+                set_rng_state(rng)
+            else:  # another world size: fresh per-rank streams (DropToken)
+                torch.manual_seed(cfg.train.seed + RANK_SEED_STRIDE * ctx.rank + step)
+    if main:
+        write_atomic(run_dir / CONFIG_FILE, to_yaml(cfg))
 
     def save(at_step: int) -> Path:
+        ranks = ctx.all_gather_object(
+            {"rng": rng_state(), "data": stream.state_dict(), "skipped": skipped}
+        )
+        weights = full_model_state(model) if sharded else None
+        optimizer_state = (
+            full_optimizer_state(parts, optimizer) if sharded else optimizer.state_dict()
+        )
         state = {
             "config": to_dict(cfg),
             "objective": objective.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "harmonizer": harmonizer.state_dict(),
-            "data": stream.state_dict(),
+            "data": [r["data"] for r in ranks],  # per rank: each draws its own share
             "guard": guard.state_dict(),
-            "skipped": skipped,
+            "skipped": [item for r in ranks for item in r["skipped"]],
             "elapsed": elapsed_before + time.time() - started,
-            "rng": rng_state(),
+            "rng": [r["rng"] for r in ranks],
+            "world_size": ctx.world_size,
         }
-        return save_checkpoint(
-            run_dir,
-            at_step,
-            model=model,
-            state=state,
-            ledger=None if ledger is None else ledger.state_dict(),
-            keep_last=cfg.train.keep_last,
+        return ctx.run_on_main(
+            lambda: save_checkpoint(
+                run_dir,
+                at_step,
+                model=net if weights is None else _plain_copy(net, weights),
+                state=state,
+                ledger=None if ledger is None else ledger.state_dict(),
+                keep_last=cfg.train.keep_last,
+            )
         )
 
     # ---- the loop
     autocast = bf16_autocast(device, cfg.train.bf16)
-    encoder = model.anchor_encoder()
     metrics = MetricAccumulator()
     last_row: dict[str, float] = {}
     stopped_by: str | None = None
     busy, samples, steps_done = 0.0, 0, 0  # since the last log row
-    bar = tqdm(total=steps, initial=step, disable=not cfg.train.progress, desc="train", unit="step")
-    logger = MetricLogger(run_dir, resume_step=step if resume else None)
-    with StopRequest() as stop, logger as log, closing(stream), bar:
+    bar = tqdm(
+        total=steps,
+        initial=step,
+        disable=not (cfg.train.progress and main),
+        desc="train",
+        unit="step",
+    )
+    logger = MetricLogger(run_dir, resume_step=step if resume else None) if main else None
+    with StopRequest() as stop, logger or nullcontext(), closing(stream), bar:
         model.train()
         while step < steps:
             tick = time.perf_counter()
             try:
                 batch = next(stream)
             except RuntimeError:
-                if not stop.requested:
+                if not stop.requested or ctx.is_distributed:
                     raise
                 # SIGTERM sent to the whole process group also ended the loader's workers
-                stopped_by = _stop(stop.signal_name, save(step), step)
+                stopped_by = _stop(stop.signal_name, save(step), step, echo=main)
                 break
             skipped.extend(batch["skipped"])
             ids = list(batch["id"])
-            if len(ids) < 2:  # every sample of the batch was corrupt: nothing to contrast
+            if ctx.any_rank(len(ids) < 2):  # all of a batch was corrupt: nothing to contrast
                 continue
 
             with harmonizer.capture(encoder), autocast:
@@ -234,27 +318,32 @@ def train(
                 group["lr"] = lr
             stats, grad_norm = None, math.nan
             harmonizer_state = harmonizer.state_dict()  # a skipped step must not move it
-            if guard.is_finite(values.values()):
+            if not ctx.any_rank(not guard.is_finite(values.values())):
                 stats = harmonizer.backward(
                     losses, output.anchor, encoder=encoder, sample_ids=ids, progress=step / steps
                 )
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
-            ok = guard.is_finite([*values.values(), grad_norm])
+                ctx.average_gradients(objective.parameters())  # DDP averages the model's
+                grad_norm = clip_gradients(trainable, clip)
+            ok = math.isfinite(grad_norm)  # the same on every rank: gradients are reduced
             if ok:
                 optimizer.step()
+                ctx.sync_harmonizer(harmonizer)
                 if ledger is not None and stats is not None and len(stats.score) == len(ids):
-                    ledger.update(ids, stats.score, step)  # not in batch space: no per-sample
+                    # every rank's samples, so the ledgers (and the samplers' draws) agree
+                    for rank_ids, scores in ctx.all_gather_object((ids, stats.score.cpu())):
+                        ledger.update(rank_ids, scores, step)
             else:
                 optimizer.zero_grad(set_to_none=True)
                 harmonizer.load_state_dict(harmonizer_state)
-                tqdm.write(f"step {step + 1}: non-finite loss or gradient {values}; skipped")
+                if main:
+                    tqdm.write(f"step {step + 1}: non-finite loss or gradient {values}; skipped")
             step += 1
             bar.update(1)
             busy += time.perf_counter() - tick
             samples += len(ids)
             steps_done += 1
 
-            # ---- metrics: averaged over the steps since the last row
+            # ---- metrics: averaged over the steps since the last row (and over the ranks)
             scalars = {f"loss/{name}": v for name, v in values.items()}
             scalars.update({"loss/total": sum(values.values()), "lr": lr, "grad_norm": grad_norm})
             scalars.update({"bad_step": float(not ok), "skipped": float(len(batch["skipped"]))})
@@ -269,56 +358,123 @@ def train(
             hists: dict[str, torch.Tensor] = {}
             if step % cfg.train.log_every == 0 or step == steps:
                 row.update(metrics.means())
-                row["throughput"] = samples / max(busy, 1e-9)
+                row["throughput"] = samples * ctx.world_size / max(busy, 1e-9)
                 row["step_time"] = busy / max(steps_done, 1)
                 row["data_wait"] = stream.take_wait() / max(busy, 1e-9)
-                hists = metrics.histograms()
+                row = ctx.mean(row)
+                hists = _merged(ctx.all_gather_object(metrics.histograms()))
                 metrics.reset()
                 busy, samples, steps_done = 0.0, 0, 0
                 bar.set_postfix(loss=f"{row.get('loss/total', math.nan):.3f}", lr=f"{lr:.2e}")
             every = cfg.train.eval_every
             if val_batches is not None and ((every and step % every == 0) or step == steps):
-                row.update(validate(model, objective, val_batches(), autocast=autocast))
-            if row:
-                log.log(step, row, hists)
-                last_row.update(row)
+                with _local_negatives(objective):  # every rank validates the same batches
+                    row.update(validate(model, objective, val_batches(), autocast=autocast))
+            if row and logger is not None:
+                logger.log(step, row, hists)
+            last_row.update(row)
 
-            # ---- checkpoints, the NaN/Inf stop, a stop signal
+            # ---- checkpoints, the NaN/Inf stop, a stop signal (on any rank: all stop)
             if guard.update(ok):
                 raise guard.error(step, save(step))
-            stopping = stop.requested and step < steps
+            stopping = ctx.any_rank(stop.requested) and step < steps
             if stopping or step % cfg.train.checkpoint_every == 0 or step == steps:
                 checkpoint_path = save(step)
             if stopping:
-                stopped_by = _stop(stop.signal_name, checkpoint_path, step)
+                by = stop.signal_name or "a stop on another rank"
+                stopped_by = _stop(by, checkpoint_path, step, echo=main)
                 break
 
     finished = step >= steps and stopped_by is None
-    if finished:
-        model.save_pretrained(run_dir / MODEL_DIR)
-        if ledger is not None:
-            ledger.to_csv(run_dir / LEDGER_CSV)
+    weights = full_model_state(model) if finished and sharded else None
+    all_skipped = [item for items in ctx.all_gather_object(skipped) for item in items]
     summary = {
         "status": "finished" if finished else f"stopped by {stopped_by}",
         "steps": step,
         "target_steps": steps,
         "time_s": elapsed_before + time.time() - started,
         "bad_steps": guard.total,
-        "skipped_samples": len(skipped),
-        "skipped": skipped,
+        "skipped_samples": len(all_skipped),
+        "skipped": all_skipped,
         "final_metrics": last_row,
         "dataset": str(dataset_dir),
         "device": str(device),
+        "world_size": ctx.world_size,
+        "rank": ctx.rank,
     }
-    write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+    def finish() -> None:
+        if finished:
+            (net if weights is None else _plain_copy(net, weights)).save_pretrained(
+                run_dir / MODEL_DIR
+            )
+            if ledger is not None:
+                ledger.to_csv(run_dir / LEDGER_CSV)
+        write_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+    ctx.run_on_main(finish)
     return summary
 
 
-def _stop(signal_name: str | None, checkpoint: Path, step: int) -> str:
-    tqdm.write(
-        f"{signal_name}: checkpoint of step {step} written to {checkpoint}; resume with --resume"
-    )
+def _stop(signal_name: str | None, checkpoint: Path, step: int, *, echo: bool = True) -> str:
+    if echo:
+        tqdm.write(
+            f"{signal_name}: checkpoint of step {step} written to {checkpoint}; "
+            "resume with --resume"
+        )
     return signal_name or "request"
+
+
+def _local_negatives(objective: ContrastiveObjective) -> Any:
+    """While active, the objective takes its negatives from the local batch only."""
+
+    @contextmanager
+    def scope() -> Iterator[None]:
+        saved, objective.gather = objective.gather, local_gather
+        try:
+            yield
+        finally:
+            objective.gather = saved
+
+    return scope()
+
+
+def _rank_state(state: Mapping[str, Any], key: str, ctx: DistributedContext) -> Any:
+    """This rank's part of a state saved per rank (a list), if the world size matches.
+
+    At another world size the data position is rank 0's (the plain sampler continues at its
+    global position; the curriculum sampler refuses) and the random state is None. Before
+    torchrun support a single process saved the state itself, not a list.
+    """
+    saved = state[key]
+    per_rank = saved if isinstance(saved, list) else [saved]
+    if len(per_rank) == ctx.world_size:
+        return per_rank[ctx.rank]
+    return None if key == "rng" else per_rank[0]
+
+
+def _plain_copy(net: VATT, weights: Mapping[str, torch.Tensor]) -> VATT:
+    """A plain (unsharded) VATT with the gathered full weights of an FSDP2 model."""
+    copy = VATT(net.config, net.tokenizer)
+    copy.load_state_dict(dict(weights))
+    return copy
+
+
+def _merged(parts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Histogram values of every rank, concatenated per key."""
+    keys = dict.fromkeys(k for part in parts for k in part)
+    return {k: torch.cat([part[k] for part in parts if k in part]) for k in keys}
+
+
+def _lost_peer(ctx: DistributedContext, err: BaseException, run_dir: Path) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]  # gloo: "[file:line] what. why"
+    latest = latest_checkpoint(run_dir)
+    where = f"newest checkpoint: {latest}" if latest else "no checkpoint yet"
+    return (
+        f"rank {ctx.rank} of {ctx.world_size}: another process of the run failed or stopped "
+        f"answering ({cause}); {where}; restart the run with --resume"
+    )
 
 
 def build_harmonizer(cfg: HarmonizeConfig, seed: int) -> Harmonizer:
@@ -380,10 +536,12 @@ def config_changes(
     return changed
 
 
-def _checkpoint_to_resume(run_dir: Path, cfg: TrainConfig) -> Checkpoint:
+def _checkpoint_to_resume(run_dir: Path, cfg: TrainConfig, echo: bool) -> Checkpoint | None:
     path = latest_checkpoint(run_dir)
-    if path is None:
-        raise CheckpointError(f"nothing to resume: no checkpoint in {run_dir / 'checkpoints'}")
+    if path is None:  # killed before its first checkpoint, or a job script that always resumes
+        if echo:
+            print(f"--resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting the run")
+        return None
     checkpoint = load_checkpoint(path)
     changed = [
         key

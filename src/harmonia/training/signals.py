@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from types import FrameType
@@ -44,13 +43,11 @@ class StopRequest:
 
 
 def worker_signal_handlers(worker_id: int = 0) -> None:
-    """Data-loader worker init: Ctrl-C (sent to the whole terminal group) is the main process's
-    business, so workers ignore SIGINT; SIGTERM ends a worker quietly (exit code 0), so a main
-    process stopping on SIGTERM sent to its group is not interrupted by a worker's death and
-    can still write its checkpoint."""
+    """Data-loader worker init: stopping is the main process's business, so workers ignore
+    SIGINT and SIGTERM (Ctrl-C and ``kill -TERM -PGID`` reach the whole process group, as does
+    a batch system's stop). The main process then checkpoints at the end of its step, with its
+    loader intact: under torchrun every rank must draw its next batch to agree on that step.
+    Workers still end when the loader shuts down, and by themselves when the main process dies.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
-
-
-def _exit_quietly(signum: int, frame: FrameType | None) -> None:
-    os._exit(0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
