@@ -57,8 +57,12 @@ def test_a_damaged_split_trains_and_reports(
     shutil.copytree(tiny_dataset, data)
     expected = corrupt_split(data, "train", every=6)
     assert len(expected) == 10
+    bad_val = corrupt_split(data, "val", every=5)
     summary = train_one_epoch(data, run, 48, capsys)
     check_nothing_lost(data, run, summary, expected)
+    listed = {s["key"]: s["reason"] for s in summary["skipped_validation"]}
+    assert listed.keys() == bad_val.keys()  # each once, though validation ran more than once
+    assert all(bad_val[key] in reason for key, reason in listed.items()), listed
     record("corrupt_media", samples=48, skipped=summary["skipped_samples"])
 
 

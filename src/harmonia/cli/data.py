@@ -13,7 +13,6 @@ from harmonia.errors import ConfigError
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("data", help="build, fetch and inspect the AV-MNIST-T dataset")
-    one_line_errors(parser)
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
     def no_action(args: argparse.Namespace) -> int:
@@ -23,7 +22,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=no_action)
 
     build = sub.add_parser("build", help="build AV-MNIST-T shards from MNIST + FSDD")
-    one_line_errors(build)
     build.add_argument("--out", required=True, help="output dataset directory")
     add_source_option(build)
     add_build_options(build)
@@ -35,7 +33,6 @@ def register(subparsers: Any) -> None:
     build.set_defaults(func=run_build)
 
     fetch = sub.add_parser("fetch", help="download MNIST + FSDD to the cache, verifying SHA-256")
-    one_line_errors(fetch)
     fetch.add_argument(
         "--dest",
         default=None,
@@ -55,24 +52,13 @@ def register(subparsers: Any) -> None:
     fetch.set_defaults(func=run_fetch)
 
     info = sub.add_parser("info", help="print a built dataset's summary")
-    one_line_errors(info)
     info.add_argument("dir", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print summary.json as is")
     info.set_defaults(func=run_info)
 
     verify = sub.add_parser("verify", help="re-hash every shard member against the index")
-    one_line_errors(verify)
     verify.add_argument("dir", help="dataset directory")
     verify.set_defaults(func=run_verify)
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make argparse report a bad option as one line (exit 2) instead of usage + message."""
-
-    def error(message: str) -> None:
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-    parser.error = error  # type: ignore[method-assign,assignment]
 
 
 def add_source_option(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,6 @@ from harmonia.cli.data import (
     add_source_option,
     build_config,
     load_source,
-    one_line_errors,
 )
 from harmonia.files import write_atomic
 
@@ -53,7 +52,6 @@ def register(subparsers: Any) -> None:
             "side-by-side table (RUN_DIR/comparison.json). Interrupted demos resume."
         ),
     )
-    one_line_errors(parser)
     parser.add_argument("--run-dir", default="runs/demo", help="where the demo writes everything")
     add_source_option(parser)
     add_build_options(parser)

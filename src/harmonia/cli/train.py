@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harmonia.cli.data import one_line_errors
 from harmonia.errors import HarmoniaError
 
 
@@ -26,7 +25,6 @@ def register(subparsers: Any) -> None:
         "N x data.batch_size samples and rank 0 writes the run directory; see "
         "docs/distributed.md.",
     )
-    one_line_errors(parser)
     parser.__class__ = _IntermixedParser
     parser.add_argument("config", help="shipped config name (e.g. demo) or YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -86,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(final, indent=1, sort_keys=True))
     if summary["skipped_samples"]:
         print(f"skipped {summary['skipped_samples']} corrupt samples (listed in summary.json)")
+    if summary.get("skipped_validation"):
+        print(
+            f"skipped {len(summary['skipped_validation'])} corrupt validation samples "
+            "(listed in summary.json, skipped_validation)"
+        )
     return 0
 
 

@@ -8,7 +8,7 @@ split in a fixed order, so evaluations at different steps and runs are comparabl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -105,9 +105,16 @@ def check_model_inputs(root: Path, model: ModelConfig) -> None:
 
 
 def validation_batches(
-    root: Path, split: str, cfg: EvalConfig, num_workers: int = 0
+    root: Path,
+    split: str,
+    cfg: EvalConfig,
+    num_workers: int = 0,
+    on_skipped: Callable[[list[dict[str, str]]], None] | None = None,
 ) -> Callable[[], Iterable[dict[str, Any]]] | None:
-    """A fresh iterable over a fixed validation subset per call, or None without that split."""
+    """A fresh iterable over a fixed validation subset per call, or None without that split.
+
+    Corrupt samples are left out of the batches and handed to ``on_skipped``.
+    """
     if split not in load_summary(root).get("splits", {}):
         return None
     dataset = ShardDataset(root, split)
@@ -116,7 +123,7 @@ def validation_batches(
     chosen = torch.randperm(size, generator=torch.Generator().manual_seed(0))[:count]
     subset = Subset(dataset, sorted(chosen.tolist()))
 
-    def batches() -> Iterable[dict[str, Any]]:
+    def batches() -> Iterator[dict[str, Any]]:
         loader = DataLoader(
             subset,
             batch_size=cfg.batch_size,
@@ -124,6 +131,10 @@ def validation_batches(
             num_workers=num_workers,
             generator=torch.Generator().manual_seed(0),
         )
-        return (batch for batch in loader if len(batch["id"]) > 1)
+        for batch in loader:
+            if batch["skipped"] and on_skipped is not None:
+                on_skipped(batch["skipped"])
+            if len(batch["id"]) > 1:
+                yield batch
 
     return batches

@@ -153,8 +153,13 @@ def _train(
             f"samples of split '{cfg.data.train_split}' in {dataset_dir}"
         )
     train_data.check_model_inputs(dataset_dir, cfg.model)
+    val_skipped: dict[str, dict[str, str]] = {}  # by key: validation reads the same subset
     val_batches = train_data.validation_batches(
-        dataset_dir, cfg.data.val_split, cfg.eval, cfg.data.num_workers
+        dataset_dir,
+        cfg.data.val_split,
+        cfg.eval,
+        cfg.data.num_workers,
+        on_skipped=lambda items: val_skipped.update((item["key"], item) for item in items),
     )
 
     # ---- model (vocabulary from the training captions), losses, harmonizer, ledger
@@ -396,6 +401,7 @@ def _train(
         "bad_steps": guard.total,
         "skipped_samples": len(all_skipped),
         "skipped": all_skipped,
+        "skipped_validation": list(val_skipped.values()),
         "final_metrics": last_row,
         "dataset": str(dataset_dir),
         "device": str(device),
