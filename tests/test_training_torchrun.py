@@ -61,6 +61,11 @@ VARIANTS = {
     "gr-embedding": ["harmonize.method=pcgrad", "harmonize.space=embedding"],
     "gr-parameters": ["harmonize.method=pcgrad", "harmonize.space=parameters"],
     "curriculum": [],  # CURRICULUM's config file
+    "fsdp-gr-parameters": [
+        "harmonize.method=pcgrad",
+        "harmonize.space=parameters",
+        "distributed.strategy=fsdp",
+    ],
 }
 
 
