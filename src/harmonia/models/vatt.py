@@ -146,7 +146,9 @@ class VATT(nn.Module):
         ref = next(self.parameters())
         prepared = self.tokenizer_of(name).prepare(raw, ref.device, ref.dtype)
         pooled = self.encoder(name)(prepared.inputs)
-        return pooled.view(*prepared.lead, pooled.shape[-1]), prepared.valid
+        # a tensor of its own, not a view of the token sequence: FSDP2 warns about (and cannot
+        # hook in-place changes to) views among a root module's outputs; [B, D] is cheap to copy
+        return pooled.reshape(*prepared.lead, pooled.shape[-1]).clone(), prepared.valid
 
     def _embed(self, features: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
         projected: dict[str, dict[str, Tensor]] = {}
