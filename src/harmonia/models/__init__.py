@@ -9,6 +9,7 @@ out = model(batch)          # VATTOutput: anchor, features, embeddings, valid
 from harmonia.models.config import (
     BackboneConfig,
     HeadConfig,
+    LogMelConfig,
     ModalityConfig,
     ModelConfig,
     SpaceConfig,
@@ -22,6 +23,7 @@ __all__ = [
     "BackboneConfig",
     "DropToken",
     "HeadConfig",
+    "LogMelConfig",
     "ModalityConfig",
     "ModalityEncoder",
     "ModelConfig",

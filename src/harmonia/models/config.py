@@ -17,6 +17,7 @@ from harmonia.config import (
     check,
     deep_merge,
     from_dict,
+    require_non_negative,
     require_positive,
     require_range,
     suggest,
@@ -25,8 +26,54 @@ from harmonia.config import (
 from harmonia.errors import ConfigError
 
 ModalityKind = Literal["video", "audio", "text"]
+FeatureKind = Literal["raw", "log_mel"]
 FEATURE = "feature"
 """A head's ``source`` meaning the modality's pooled backbone feature (not another space)."""
+
+
+@dataclass(frozen=True)
+class LogMelConfig:
+    """Settings of the log-mel audio front end (`harmonia.models.audio_features.LogMel`).
+
+    Defaults are the usual speech analysis at 16 kHz: 25 ms Hann windows every 10 ms, a 512-point
+    FFT and 64 mel bands up to the Nyquist frequency.
+    """
+
+    sample_rate: int = 16000
+    window: int = 400
+    """Samples per analysis window."""
+    hop: int = 160
+    """Samples between window starts (one spectrogram frame per hop)."""
+    n_fft: int = 512
+    mel_bins: int = 64
+    f_min: float = 0.0
+    f_max: float | None = None
+    """Upper edge of the highest mel band in Hz (default: sample_rate / 2)."""
+
+    def validate(self) -> None:
+        require_positive(self, "sample_rate", "window", "hop", "n_fft", "mel_bins")
+        check(
+            self.window <= self.n_fft,
+            "window",
+            f"a window of {self.window} samples does not fit an FFT of n_fft = {self.n_fft}",
+        )
+        require_non_negative(self, "f_min")
+        nyquist = self.sample_rate / 2
+        check(
+            self.top_frequency <= nyquist,
+            "f_max",
+            f"expected at most sample_rate / 2 = {nyquist:g} Hz, got {self.top_frequency:g}",
+        )
+        check(
+            self.f_min < self.top_frequency,
+            "f_min",
+            f"expected below f_max ({self.top_frequency:g} Hz), got {self.f_min:g}",
+        )
+
+    @property
+    def top_frequency(self) -> float:
+        """``f_max``, or the Nyquist frequency when it is not set."""
+        return self.sample_rate / 2 if self.f_max is None else self.f_max
 
 
 @dataclass(frozen=True)
@@ -37,6 +84,11 @@ class ModalityConfig:
     ``(frames, height, width, channels)``, audio ``(samples,)``); ``patch`` the patch the raw
     signal is cut into (video ``(t, h, w)``, audio ``(samples,)``). Text uses ``max_length``
     (words kept per caption). Video pixels become ``(x / 255 - mean) / std``.
+
+    Audio ``features`` says what a patch holds: ``raw``, the waveform samples themselves (VATT);
+    ``log_mel``, the log-mel spectrogram frames of those samples (``patch / hop`` frames of
+    ``mel_bins`` values each, settings in ``log_mel``). Either way a patch spans ``patch``
+    samples, so the number of tokens and their positions do not change.
     """
 
     kind: ModalityKind
@@ -47,8 +99,13 @@ class ModalityConfig:
     max_length: int | None = None
     mean: float | None = None
     std: float | None = None
+    features: FeatureKind = "raw"
+    """``raw`` signal patches (every kind) or ``log_mel`` spectrogram patches (audio only)."""
+    log_mel: LogMelConfig | None = None
+    """Settings for ``features: log_mel`` (None: `LogMelConfig` defaults)."""
 
     def validate(self) -> None:
+        self._validate_features()
         if self.kind == "text":
             check(self.shape == () and self.patch == (), "shape", "text takes no shape or patch")
             check(self.drop_token == 0.0, "drop_token", "DropToken applies to video and audio only")
@@ -71,6 +128,29 @@ class ModalityConfig:
                 "mean",
                 "mean/std are only used by kind video",
             )
+
+    def _validate_features(self) -> None:
+        if self.features == "raw":
+            check(self.log_mel is None, "log_mel", "only used with features: log_mel")
+            return
+        check(self.kind == "audio", "features", f"log_mel is for kind audio, not {self.kind}")
+        settings = self.spectrogram
+        try:
+            settings.validate()
+        except FieldError as err:
+            raise FieldError(f"log_mel.{err.key}", err.message) from None
+        if self.patch:
+            check(
+                self.patch[0] % settings.hop == 0,
+                "patch[0]",
+                f"with features log_mel a patch must be whole frames: hop {settings.hop} "
+                f"does not divide {self.patch[0]}",
+            )
+
+    @property
+    def spectrogram(self) -> LogMelConfig:
+        """The log-mel settings in force (`LogMelConfig` defaults when ``log_mel`` is unset)."""
+        return self.log_mel if self.log_mel is not None else LogMelConfig()
 
     def _validate_signal(self) -> None:
         video = self.kind == "video"
@@ -99,10 +179,12 @@ class ModalityConfig:
 
     @property
     def patch_values(self) -> int:
-        """Raw values in one patch (video: t*h*w*channels; audio: samples)."""
+        """Values in one patch (video: t*h*w*channels; audio: samples, or frames*mel_bins)."""
         n = 1
         for step in self.patch:
             n *= step
+        if self.features == "log_mel":
+            return n // self.spectrogram.hop * self.spectrogram.mel_bins
         return n * (self.shape[-1] if self.kind == "video" else 1)
 
 
@@ -251,6 +333,7 @@ __all__ = [
     "FEATURE",
     "BackboneConfig",
     "HeadConfig",
+    "LogMelConfig",
     "ModalityConfig",
     "ModelConfig",
     "SpaceConfig",

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.errors import ConfigError
+from harmonia.models.audio_features import LogMel
 from harmonia.models.config import ModalityConfig
 from harmonia.models.droptoken import DropToken
 from harmonia.models.vocab import WordTokenizer
@@ -120,18 +121,30 @@ class VideoTokenizer(ModalityTokenizer):
 
 
 class AudioTokenizer(ModalityTokenizer):
-    """Raw waveform cut into non-overlapping patches -> Linear, plus temporal positions."""
+    """Non-overlapping waveform patches -> Linear, plus temporal positions.
+
+    With ``features: log_mel`` a patch holds the log-mel frames of its samples instead of the
+    samples themselves (computed in `prepare`, without parameters).
+    """
 
     def __init__(self, name: str, config: ModalityConfig, width: int) -> None:
         super().__init__(name, config, width)
         self.proj = nn.Linear(config.patch_values, width)
         self.pos = nn.Embedding(config.grid[0], width)
         self.drop = DropToken(config.drop_token)
+        self.log_mel: LogMel | None = None
+        if config.features == "log_mel":
+            s = config.spectrogram
+            self.log_mel = LogMel(
+                s.sample_rate, s.window, s.hop, s.n_fft, s.mel_bins, s.f_min, s.top_frequency
+            )
 
     def prepare(self, raw: Any, device: torch.device, dtype: torch.dtype) -> Prepared:
-        """Float waveform [B, N] in [-1, 1]."""
+        """Float waveform [B, N] in [-1, 1] -> the waveform, or its log-mel frames [B, F, M]."""
         audio = self.check_signal(raw).to(device=device, dtype=dtype)
-        return Prepared(audio, audio.ne(0).any(dim=1), (audio.shape[0],))
+        valid = audio.ne(0).any(dim=1)
+        inputs = audio if self.log_mel is None else self.log_mel(audio)
+        return Prepared(inputs, valid, (audio.shape[0],))
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor | None]:
         batch = inputs.shape[0]
