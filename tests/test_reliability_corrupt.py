@@ -63,7 +63,7 @@ def test_a_damaged_split_trains_and_reports(
     listed = {s["key"]: s["reason"] for s in summary["skipped_validation"]}
     assert listed.keys() == bad_val.keys()  # each once, though validation ran more than once
     assert all(bad_val[key] in reason for key, reason in listed.items()), listed
-    record("corrupt_media", samples=48, skipped=summary["skipped_samples"])
+    record("corrupt_media", samples=48, skipped=summary["skipped_samples"], val_skipped=len(listed))
 
 
 @pytest.mark.slow
