@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from harmonia.config import to_dict, to_yaml
-from harmonia.errors import CheckpointError, ConfigError, DistributedError, HarmoniaError
+from harmonia.errors import ConfigError, DistributedError, HarmoniaError
 from harmonia.files import write_atomic
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
@@ -35,10 +35,7 @@ from harmonia.models import VATT, WordTokenizer
 from harmonia.training import data as train_data
 from harmonia.training.batches import BatchStream, ResumableSampler
 from harmonia.training.checkpoint import (
-    Checkpoint,
     latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
     restoring,
     rng_state,
     save_checkpoint,
@@ -59,23 +56,21 @@ from harmonia.training.distributed import (
 from harmonia.training.guard import BadStepGuard
 from harmonia.training.logging import MetricAccumulator, MetricLogger
 from harmonia.training.partition import RankEpochSampler
+from harmonia.training.resume import (
+    CONFIG_FILE,
+    MODEL_DIR,
+    check_saved_model,
+    checkpoint_to_resume,
+    rank_state,
+    refuse_to_overwrite,
+    saved_ledger,
+)
 from harmonia.training.schedule import WarmupCosine
 from harmonia.training.signals import StopRequest
 from harmonia.training.validation import validate
 
-CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
-MODEL_DIR = "model"
 LEDGER_CSV = "ledger.csv"
-RESUMABLE_CHANGES = (
-    "train.",
-    "eval.",
-    "data.dir",
-    "data.num_workers",
-    "data.source",
-    "distributed.",
-)
-"""Config keys that may differ when resuming a run (they do not change what is computed)."""
 RANK_SEED_STRIDE = 1_000_003
 """Rank r > 0 seeds its generator with ``seed + r * RANK_SEED_STRIDE`` after building the model."""
 
@@ -132,9 +127,9 @@ def _train(
 ) -> dict[str, Any]:
     started = time.time()
     main = ctx.is_main
-    checkpoint = _checkpoint_to_resume(run_dir, cfg, main) if resume else None
+    checkpoint = checkpoint_to_resume(run_dir, cfg, main) if resume else None
     if checkpoint is None:
-        _refuse_to_overwrite(run_dir)
+        refuse_to_overwrite(run_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
@@ -168,7 +163,7 @@ def _train(
         net = VATT(cfg.model, WordTokenizer.build(captions))
     else:
         net = VATT.from_pretrained(checkpoint.path)
-        _check_saved_model(net, cfg, checkpoint.path)
+        check_saved_model(net, cfg, checkpoint.path)
     net.to(device)
     if ctx.rank:  # the same initial weights everywhere, but each rank its own DropToken draws
         torch.manual_seed(cfg.train.seed + RANK_SEED_STRIDE * ctx.rank)
@@ -238,12 +233,12 @@ def _train(
                 optimizer.load_state_dict(state["optimizer"])
             harmonizer.load_state_dict(state["harmonizer"])
             if ledger is not None:
-                ledger.load_state_dict(_saved_ledger(checkpoint), source=str(checkpoint.path))
-            stream.load_state_dict(_rank_state(state, "data", ctx))
+                ledger.load_state_dict(saved_ledger(checkpoint), source=str(checkpoint.path))
+            stream.load_state_dict(rank_state(state, "data", ctx))
             guard.load_state_dict(state["guard"])
             skipped = list(state["skipped"]) if main else []
             elapsed_before = float(state["elapsed"])
-            rng = _rank_state(state, "rng", ctx)  # last: the above may draw random numbers
+            rng = rank_state(state, "rng", ctx)  # last: the above may draw random numbers
             if rng is not None:
                 set_rng_state(rng)
             else:  # another world size: fresh per-rank streams (DropToken)
@@ -445,20 +440,6 @@ def _local_negatives(objective: ContrastiveObjective) -> Any:
     return scope()
 
 
-def _rank_state(state: Mapping[str, Any], key: str, ctx: DistributedContext) -> Any:
-    """This rank's part of a state saved per rank (a list), if the world size matches.
-
-    At another world size the data position is rank 0's (the plain sampler continues at its
-    global position; the curriculum sampler refuses) and the random state is None. Before
-    torchrun support a single process saved the state itself, not a list.
-    """
-    saved = state[key]
-    per_rank = saved if isinstance(saved, list) else [saved]
-    if len(per_rank) == ctx.world_size:
-        return per_rank[ctx.rank]
-    return None if key == "rng" else per_rank[0]
-
-
 def _plain_copy(net: VATT, weights: Mapping[str, torch.Tensor]) -> VATT:
     """A plain (unsharded) VATT with the gathered full weights of an FSDP2 model."""
     copy = VATT(net.config, net.tokenizer)
@@ -525,63 +506,3 @@ def param_groups(*modules: torch.nn.Module, weight_decay: float) -> list[dict[st
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def config_changes(
-    saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
-) -> list[str]:
-    """Dotted keys whose values differ between two plain config trees."""
-    changed = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        path = f"{prefix}{key}"
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            changed += config_changes(a, b, f"{path}.")
-        elif a != b:
-            changed.append(path)
-    return changed
-
-
-def _checkpoint_to_resume(run_dir: Path, cfg: TrainConfig, echo: bool) -> Checkpoint | None:
-    path = latest_checkpoint(run_dir)
-    if path is None:  # killed before its first checkpoint, or a job script that always resumes
-        if echo:
-            print(f"--resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting the run")
-        return None
-    checkpoint = load_checkpoint(path)
-    changed = [
-        key
-        for key in config_changes(checkpoint.state.get("config", {}), to_dict(cfg))
-        if not key.startswith(RESUMABLE_CHANGES)
-    ]
-    if changed:
-        shown = ", ".join(changed[:4]) + (
-            f" and {len(changed) - 4} more" if len(changed) > 4 else ""
-        )
-        raise CheckpointError(
-            f"cannot resume {run_dir}: the config differs from the run's at {shown} "
-            f"(resume with {run_dir / CONFIG_FILE}, or start a new run)"
-        )
-    return checkpoint
-
-
-def _check_saved_model(model: VATT, cfg: TrainConfig, path: Path) -> None:
-    changed = config_changes(to_dict(model.config), to_dict(cfg.model), "model.")
-    if changed:
-        raise CheckpointError(
-            f"{path}: its model (config.json) differs from the run's config at "
-            f"{', '.join(changed[:4])}{f' and {len(changed) - 4} more' if len(changed) > 4 else ''}"
-        )
-
-
-def _saved_ledger(checkpoint: Checkpoint) -> dict[str, Any]:
-    if checkpoint.ledger is None:
-        raise CheckpointError(f"{checkpoint.path}: no ledger saved, but the config enables one")
-    return checkpoint.ledger
-
-
-def _refuse_to_overwrite(run_dir: Path) -> None:
-    if list_checkpoints(run_dir) or (run_dir / MODEL_DIR).exists():
-        raise HarmoniaError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
