@@ -145,6 +145,16 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_dataset: Path) -> 
     assert run(tmp_path / "empty", tiny_dataset, resume=True)["status"] == "finished"
 
 
+def test_resuming_a_finished_run_leaves_it_alone(tmp_path: Path, tiny_dataset: Path) -> None:
+    first = run(tmp_path / "run", tiny_dataset)
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    again = run(tmp_path / "run", tiny_dataset, resume=True)
+    assert again["status"] == "finished" and again["final_metrics"] == first["final_metrics"]
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+    extended = run(tmp_path / "run", tiny_dataset, steps=4, resume=True)  # more steps: continues
+    assert extended["steps"] == 4
+
+
 class NaNObjective:
     """Wraps the real objective; its losses are NaN at the calls listed in ``bad``."""
 

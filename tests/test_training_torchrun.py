@@ -234,3 +234,33 @@ def test_without_an_agent_the_survivor_of_a_killed_rank_exits_with_one_line(
     assert "restart the run with --resume" in lines[0] and "step-000000" in lines[0]
     assert waited < 60, waited
     record("rank_killed_no_agent_trainer", survivor_exit_s=round(waited, 1))
+
+
+def test_a_ddp_checkpoint_resumes_under_fsdp(
+    tmp_path: Path, tiny_dataset: Path, uninterrupted: Path
+) -> None:
+    """DDP saves the optimizer state by position, FSDP2 loads it by parameter name."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    for item in ("model", "summary.json", "ledger.csv"):
+        shutil.rmtree(out / item) if (out / item).is_dir() else (out / item).unlink(missing_ok=True)
+    newest = latest_checkpoint(out)
+    assert newest is not None
+    shutil.rmtree(newest)  # resume from the one before: 3 more steps
+    args = ["demo", "--out", str(out), "--data", str(tiny_dataset), "--resume", *LONG]
+    assert "finished after 24 steps" in run_torchrun([*args, "distributed.strategy=fsdp"])
+    got, want = weights(out), weights(uninterrupted)
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
+
+
+def test_an_fsdp_run_resumes_bit_exactly_with_droptoken(tmp_path: Path, tiny_dataset: Path) -> None:
+    """Gathering the full model for a checkpoint must not draw from the run's generators."""
+    full, half = tmp_path / "full", tmp_path / "half"
+    args = ["demo", "--data", str(tiny_dataset), *LONG, "train.steps=4", "train.checkpoint_every=2"]
+    run_torchrun(["--out", str(full), *args, "distributed.strategy=fsdp"])
+    shutil.copytree(full, half)
+    shutil.rmtree(half / "model")
+    (half / "summary.json").unlink()
+    shutil.rmtree(half / "checkpoints" / "step-00000004")
+    run_torchrun(["--out", str(half), "--resume", *args, "distributed.strategy=fsdp"])
+    assert_same_weights(half, full)

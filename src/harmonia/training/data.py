@@ -23,6 +23,7 @@ from harmonia.data.sources import resolve_source
 from harmonia.errors import ConfigError, DataError
 from harmonia.models import ModelConfig
 from harmonia.training.config import DataConfig, EvalConfig
+from harmonia.training.signals import worker_signal_handlers
 
 
 def ensure_dataset(
@@ -129,6 +130,7 @@ def validation_batches(
             batch_size=cfg.batch_size,
             collate_fn=collate_for(dataset),
             num_workers=num_workers,
+            worker_init_fn=worker_signal_handlers if num_workers else None,
             generator=torch.Generator().manual_seed(0),
         )
         for batch in loader:

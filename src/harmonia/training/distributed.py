@@ -385,8 +385,6 @@ _COLLECTIVE_FAILURES = (
     "connection closed",
     "connection reset",
     "broken pipe",
-    "timed out",
-    "timeout",
 )
 
 
@@ -481,6 +479,26 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return dict(get_optimizer_state_dict(model, optimizer, options=options))
+
+
+def by_name(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """An optimizer state keyed by position (``optimizer.state_dict()``, as DDP and one process
+    save it) keyed by parameter names instead, as `load_optimizer_state` wants it.
+
+    Positions follow ``optimizer``'s parameter groups, which must list the parameters in the
+    order of the run that saved the state. A state already keyed by names is returned as is.
+    """
+    groups = state.get("param_groups", [])
+    if not groups or all(isinstance(p, str) for g in groups for p in g["params"]):
+        return state
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {order[int(i)]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in groups],
+    }
 
 
 def load_optimizer_state(

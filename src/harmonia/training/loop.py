@@ -44,6 +44,7 @@ from harmonia.training.checkpoint import (
 from harmonia.training.config import HarmonizeConfig, TrainConfig, load_train_config
 from harmonia.training.distributed import (
     DistributedContext,
+    by_name,
     check_supported,
     clip_gradients,
     full_model_state,
@@ -59,8 +60,10 @@ from harmonia.training.partition import RankEpochSampler
 from harmonia.training.resume import (
     CONFIG_FILE,
     MODEL_DIR,
+    SUMMARY_FILE,
     check_saved_model,
     checkpoint_to_resume,
+    finished_summary,
     rank_state,
     refuse_to_overwrite,
     saved_ledger,
@@ -69,7 +72,6 @@ from harmonia.training.schedule import WarmupCosine
 from harmonia.training.signals import StopRequest
 from harmonia.training.validation import validate
 
-SUMMARY_FILE = "summary.json"
 LEDGER_CSV = "ledger.csv"
 RANK_SEED_STRIDE = 1_000_003
 """Rank r > 0 seeds its generator with ``seed + r * RANK_SEED_STRIDE`` after building the model."""
@@ -130,6 +132,10 @@ def _train(
     checkpoint = checkpoint_to_resume(run_dir, cfg, main) if resume else None
     if checkpoint is None:
         refuse_to_overwrite(run_dir)
+    elif (done := finished_summary(run_dir, cfg.train.steps)) is not None:
+        if main:  # e.g. a requeued job that always passes --resume: keep its results as they are
+            print(f"{run_dir} already finished {done['steps']} steps; nothing to do")
+        return {**done, "rank": ctx.rank}
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
@@ -228,7 +234,8 @@ def _train(
             state = checkpoint.state
             objective.load_state_dict(state["objective"])
             if sharded:
-                load_optimizer_state(parts, optimizer, state["optimizer"])
+                saved = by_name(state["optimizer"], parts, optimizer)  # e.g. saved under DDP
+                load_optimizer_state(parts, optimizer, saved)
             else:
                 optimizer.load_state_dict(state["optimizer"])
             harmonizer.load_state_dict(state["harmonizer"])
@@ -442,7 +449,8 @@ def _local_negatives(objective: ContrastiveObjective) -> Any:
 
 def _plain_copy(net: VATT, weights: Mapping[str, torch.Tensor]) -> VATT:
     """A plain (unsharded) VATT with the gathered full weights of an FSDP2 model."""
-    copy = VATT(net.config, net.tokenizer)
+    with torch.random.fork_rng(devices=[]):  # its initialization must not move the run's RNG
+        copy = VATT(net.config, net.tokenizer)
     copy.load_state_dict(dict(weights))
     return copy
 

@@ -7,6 +7,7 @@ process's share of the state saved per rank (data position, random generators).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from harmonia.training.config import TrainConfig
 from harmonia.training.distributed import DistributedContext
 
 CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
 RESUMABLE_CHANGES = (
     "train.",
@@ -114,3 +116,15 @@ def rank_state(state: Mapping[str, Any], key: str, ctx: DistributedContext) -> A
     if len(per_rank) == ctx.world_size:
         return per_rank[ctx.rank]
     return None if key == "rng" else per_rank[0]
+
+
+def finished_summary(run_dir: Path, steps: int) -> dict[str, Any] | None:
+    """The run's summary if it already finished ``steps`` steps (its model written), else None."""
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # e.g. killed while writing it: finishing again rewrites it
+    done = isinstance(summary, dict) and summary.get("status") == "finished"
+    if done and int(summary.get("steps", -1)) >= steps and (run_dir / MODEL_DIR).is_dir():
+        return summary
+    return None
