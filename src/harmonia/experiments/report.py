@@ -429,9 +429,10 @@ class Report:
         clean, noisiest = fracs.get(0.0), fracs.get(max(b.noise_rates))
         if clean is not None and noisiest is not None:
             why = (
-                f"A likely reason: loss {', '.join(f'`{n}`' for n in near_chance)} stayed near "
-                "chance, and a gradient that is close to noise has a negative cosine with the "
-                "other loss's gradient for about half of the triplets whatever their alignment."
+                f"A likely reason: loss {', '.join(f'`{n}`' for n in near_chance)} did not "
+                "learn anything that transfers (see above), and such a gradient has a negative "
+                "cosine with the other loss's gradient for about half of the triplets whatever "
+                "their alignment."
                 if near_chance
                 else "A likely reason: the two losses ask different things of a correctly "
                 "aligned triplet (the audio carries the digit but not the motion)."
@@ -484,7 +485,13 @@ class Report:
         return lines
 
     def learning_notes(self) -> tuple[list[str], list[str]]:
-        """Did each loss learn? (notes, losses near chance): such a gradient is close to noise."""
+        """Did each loss learn? (notes, losses that did not generalize): such a gradient is
+        close to noise, or fits the training pairs only.
+
+        A training loss below chance alone can be memorization of the 1,000 training pairs, so
+        the held-out loss (validation split, batches of the eval batch size, its own chance
+        level) decides whether the loss learned something that transfers.
+        """
         b = self.budget
         runs = [r for r in self.results if r["spec"]["study"] == "ablation"]
         names = sorted(
@@ -495,26 +502,43 @@ class Report:
                 if k.startswith("loss/") and k != "loss/total"
             }
         )
-        chance = math.log(b.batch_size)
-        lines, near_chance = [], []
+        chance, val_chance = math.log(b.batch_size), math.log(b.eval_batch_size)
+        lines, not_learned = [], []
         for name in names:
             final = Stat.of(r["train"]["final"].get(f"loss/{name}") for r in runs)
+            held_out = Stat.of(r["train"]["final"].get(f"val/loss/{name}") for r in runs)
             if final is None:
                 continue
-            near = final.mean > 0.9 * chance
-            if near:
-                near_chance.append(name)
-            lines.append(
-                f"- **Loss `{name}`** ended training at {num(final, 2)} (all ablation runs; chance "
-                f"= ln {b.batch_size} = {chance:.2f}): "
-                + (
+            fits = final.mean <= 0.9 * chance
+            transfers = held_out is not None and held_out.mean <= 0.95 * val_chance
+            if not (fits and transfers):
+                not_learned.append(name)
+            where = f"training {num(final, 2)} (chance ln {b.batch_size} = {chance:.2f})" + (
+                f", held-out {num(held_out, 2)} (chance ln {b.eval_batch_size} = {val_chance:.2f})"
+                if held_out is not None
+                else ""
+            )
+            if not fits:
+                verdict = (
                     "it stayed near chance, so in this budget its gradient is mostly noise and "
                     "its 'conflicts' with the other loss say little about misalignment."
-                    if near
-                    else f"it learned ({100 * (1 - final.mean / chance):.0f}% below chance)."
                 )
-            )
-        return lines, near_chance
+            elif not transfers:
+                verdict = (
+                    f"it fit the training pairs ({100 * (1 - final.mean / chance):.0f}% below "
+                    "chance) but not held-out ones: memorization of the training set, so its "
+                    "gradient carries little that transfers and its 'conflicts' with the other "
+                    "loss say little about misalignment."
+                )
+            else:
+                verdict = (
+                    f"it learned ({100 * (1 - held_out.mean / val_chance):.0f}% below chance "
+                    "on held-out pairs)."
+                    if held_out is not None
+                    else "it learned."
+                )
+            lines.append(f"- **Loss `{name}`** at the end (all ablation runs): {where}: {verdict}")
+        return lines, not_learned
 
     def reproduce(self) -> list[str]:
         f = self.facts
