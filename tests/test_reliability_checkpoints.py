@@ -203,8 +203,9 @@ def test_tampered_checkpoint_is_a_clear_error(
         shutil.rmtree(run / "checkpoints" / older)
     tamper, expected = CASES[case]
     tamper(run / STEP, marker)
+    # one step more: a finished run resumed with its own length is left alone, unread
     argv = ["train", "demo", "--out", str(run), "--data", str(tiny_dataset), "--resume", *RUN]
-    code, err = run_cli(argv)
+    code, err = run_cli([*argv, "train.steps=3"])
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("harmonia: error: ") and expected in lines[0], lines[0]
