@@ -7,6 +7,15 @@ else escaping is a bug in harmonia and keeps its traceback.
 from __future__ import annotations
 
 
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first line of ``err``'s message (for one-line reports); ``default``, or the
+    exception's type name, when the message is empty."""
+    text = str(err).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(err).__name__ if default is None else default
+
+
 class HarmoniaError(Exception):
     """Base class for user-facing errors: the message alone must say what is wrong and where."""
 

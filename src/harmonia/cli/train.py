@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harmonia.errors import HarmoniaError
+from harmonia.errors import HarmoniaError, first_line
 
 
 def register(subparsers: Any) -> None:
@@ -99,7 +99,7 @@ def _io_error(err: BaseException, run_dir: Path) -> str:
     if isinstance(err, OSError) and err.filename is not None:
         cause = f"{err.filename}: {err.strerror or err}"
     else:
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = first_line(err)
     latest = latest_checkpoint(run_dir)
     where = f"newest checkpoint: {latest} (resume with --resume)" if latest else "no checkpoint yet"
     return f"training stopped: {cause}; {where}"

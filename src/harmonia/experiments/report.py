@@ -419,7 +419,7 @@ class Report:
                 + (f", not run in {count['no runs']}" if count["no runs"] else "")
                 + "."
             )
-        notes, near_chance = self.learning_notes()
+        notes, not_learned = self.learning_notes()
         lines += notes
         # where conflicts come from
         fracs = {
@@ -429,11 +429,11 @@ class Report:
         clean, noisiest = fracs.get(0.0), fracs.get(max(b.noise_rates))
         if clean is not None and noisiest is not None:
             why = (
-                f"A likely reason: loss {', '.join(f'`{n}`' for n in near_chance)} did not "
+                f"A likely reason: loss {', '.join(f'`{n}`' for n in not_learned)} did not "
                 "learn anything that transfers (see above), and such a gradient has a negative "
                 "cosine with the other loss's gradient for about half of the triplets whatever "
                 "their alignment."
-                if near_chance
+                if not_learned
                 else "A likely reason: the two losses ask different things of a correctly "
                 "aligned triplet (the audio carries the digit but not the motion)."
             )
@@ -531,11 +531,10 @@ class Report:
                     "loss say little about misalignment."
                 )
             else:
+                assert held_out is not None  # transfers implies a held-out loss
                 verdict = (
                     f"it learned ({100 * (1 - held_out.mean / val_chance):.0f}% below chance "
                     "on held-out pairs)."
-                    if held_out is not None
-                    else "it learned."
                 )
             lines.append(f"- **Loss `{name}`** at the end (all ablation runs): {where}: {verdict}")
         return lines, not_learned

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from harmonia.errors import CheckpointError
+from harmonia.errors import CheckpointError, first_line
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -115,7 +115,7 @@ def save_checkpoint(
 
 
 def _write_error(final: Path, previous: Path | None, err: BaseException) -> CheckpointError:
-    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    cause = first_line(err)
     with contextlib.suppress(OSError):
         cause += f"; {shutil.disk_usage(final.parent).free / 2**20:.0f} MiB free there"
     kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint"
@@ -152,8 +152,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read {path / STATE}: {first}") from None
+        raise CheckpointError(f"cannot read {path / STATE}: {first_line(err)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path / STATE}: not a harmonia checkpoint of format {FORMAT_VERSION}"
@@ -174,11 +173,10 @@ def restoring(path: Path) -> Iterator[None]:
     try:
         yield
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
         cause = f"no {err.args[0]!r} in it" if isinstance(err, KeyError) and err.args else ""
+        cause = cause or f"{type(err).__name__}: {first_line(err, default='')}"
         raise CheckpointError(
-            f"{path}: its training state does not fit this run "
-            f"({cause or f'{type(err).__name__}: {text}'})"
+            f"{path}: its training state does not fit this run ({cause})"
         ) from None
 
 

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from harmonia.errors import ConfigError, DistributedError, HarmoniaError
+from harmonia.errors import ConfigError, DistributedError, HarmoniaError, first_line
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.ledger import ConflictLedger, MergeMode
 from harmonia.losses import Gather, gather_with_grad, local_gather
@@ -147,6 +147,11 @@ class DistributedContext:
         return dist.get_backend(self.group) if self.is_distributed else None
 
     @property
+    def collective_device(self) -> torch.device:
+        """Where tensors for a collective live: the GPU for nccl, the CPU for gloo."""
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+    @property
     def gather(self) -> Gather:
         """The negatives gather for `harmonia.losses` (``ContrastiveObjective(gather=...)``).
 
@@ -183,8 +188,7 @@ class DistributedContext:
         """True on every rank if ``flag`` is true on any rank (a decision all ranks share)."""
         if not self.is_distributed:
             return bool(flag)
-        device = self.device if self.backend == "nccl" else torch.device("cpu")
-        vote = torch.tensor([1.0 if flag else 0.0], device=device)
+        vote = torch.tensor([1.0 if flag else 0.0], device=self.collective_device)
         dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self.group)
         return bool(vote.item() > 0)
 
@@ -206,7 +210,7 @@ class DistributedContext:
                 failure = err
         shared = failure if isinstance(failure, HarmoniaError) else None
         if failure is not None and shared is None:
-            first = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+            first = first_line(failure, default="")
             shared = DistributedError(f"rank 0 failed: {type(failure).__name__}: {first}")
         outcome = self.broadcast_object(("error", shared) if failure else ("ok", result))
         if failure is not None:
@@ -226,8 +230,8 @@ class DistributedContext:
         gathered = self.all_gather_object(names)
         if any(other != names for other in gathered):
             raise ValueError(f"mean: ranks passed different names: {gathered}")
-        device = self.device if self.backend == "nccl" else torch.device("cpu")
-        total = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=device)
+        numbers = [float(values[n]) for n in names]
+        total = torch.tensor(numbers, dtype=torch.float64, device=self.collective_device)
         dist.all_reduce(total, group=self.group)
         return {n: float(v) / self.world_size for n, v in zip(names, total.tolist(), strict=True)}
 
@@ -285,8 +289,7 @@ class DistributedContext:
         for key in sorted(method_state):
             value = method_state[key]
             if isinstance(value, Tensor) and value.is_floating_point():
-                device = self.device if self.backend == "nccl" else torch.device("cpu")
-                total = value.detach().to(device, copy=True)
+                total = value.detach().to(self.collective_device, copy=True)
                 dist.all_reduce(total, group=self.group)
                 method_state[key] = (total / self.world_size).to(value.device)
         harmonizer.load_state_dict({**state, "method_state": method_state})

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from harmonia.config import to_dict, to_yaml
-from harmonia.errors import ConfigError, DistributedError, HarmoniaError
+from harmonia.errors import ConfigError, DistributedError, HarmoniaError, first_line
 from harmonia.files import write_atomic
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
@@ -302,14 +302,7 @@ def _train(
         model.train()
         while step < steps:
             tick = time.perf_counter()
-            try:
-                batch = next(stream)
-            except RuntimeError:
-                if not stop.requested or ctx.is_distributed:
-                    raise
-                # SIGTERM sent to the whole process group also ended the loader's workers
-                stopped_by = _stop(stop.signal_name, save(step), step, echo=main)
-                break
+            batch = next(stream)  # loader workers ignore stop signals: the step finishes
             skipped.extend(batch["skipped"])
             ids = list(batch["id"])
             if ctx.any_rank(len(ids) < 2):  # all of a batch was corrupt: nothing to contrast
@@ -433,18 +426,14 @@ def _stop(signal_name: str | None, checkpoint: Path, step: int, *, echo: bool = 
     return signal_name or "request"
 
 
-def _local_negatives(objective: ContrastiveObjective) -> Any:
+@contextmanager
+def _local_negatives(objective: ContrastiveObjective) -> Iterator[None]:
     """While active, the objective takes its negatives from the local batch only."""
-
-    @contextmanager
-    def scope() -> Iterator[None]:
-        saved, objective.gather = objective.gather, local_gather
-        try:
-            yield
-        finally:
-            objective.gather = saved
-
-    return scope()
+    saved, objective.gather = objective.gather, local_gather
+    try:
+        yield
+    finally:
+        objective.gather = saved
 
 
 def _plain_copy(net: VATT, weights: Mapping[str, torch.Tensor]) -> VATT:
@@ -462,8 +451,9 @@ def _merged(parts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tens
 
 
 def _lost_peer(ctx: DistributedContext, err: BaseException, run_dir: Path) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    cause = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]  # gloo: "[file:line] what. why"
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", first_line(err)).split(". ")[
+        0
+    ]  # gloo: "[file:line] what. why"
     latest = latest_checkpoint(run_dir)
     where = f"newest checkpoint: {latest}" if latest else "no checkpoint yet"
     return (

@@ -49,5 +49,5 @@ def worker_signal_handlers(worker_id: int = 0) -> None:
     loader intact: under torchrun every rank must draw its next batch to agree on that step.
     Workers still end when the loader shuts down, and by themselves when the main process dies.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
