@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -62,6 +63,17 @@ def rank_env(base: dict[str, str], rank: int, world_size: int, port: int) -> dic
     """The variables torchrun would export for ``rank`` (to start ranks by hand, no agent)."""
     env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)}
     return {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+@contextmanager
+def reaping(procs: Sequence[subprocess.Popen[str]]) -> Iterator[None]:
+    """Kill and wait for ``procs`` when the block ends, whatever happened inside it."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
 
 
 def children(pid: int) -> list[int]:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from faults import HERE, child_env, ddp_reference, record, torch_threads
 from harmonia.training.checkpoint import latest_checkpoint
-from launch import free_port, rank_env, torchrun_command
+from launch import free_port, rank_env, reaping, torchrun_command
 
 STEPS = 6
 DIE_AT = 4
@@ -100,14 +100,10 @@ def test_without_an_agent_the_survivor_does_not_hang(
     tmp_path: Path, how: str, timeout: int, message: str
 ) -> None:
     procs = by_hand(tmp_path, "--die", f"1:{DIE_AT}:{how}", "--timeout", str(timeout))
-    try:
+    with reaping(procs):
         died = wait_for_line(procs[1], f"rank 1: {how} at step {DIE_AT}")
         _, err = procs[0].communicate(timeout=120)
         waited = time.monotonic() - died
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.communicate()
     assert procs[0].returncode != 0
     assert message in err, err[-2000:]
     if how == "stop":

@@ -33,6 +33,7 @@ from launch import (
     harmonia_torchrun,
     interrupt,
     rank_env,
+    reaping,
     wait_for,
 )
 
@@ -73,6 +74,23 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "model" / "model.safetensors")
 
 
+def max_deviation(a: Path, b: Path) -> float:
+    """Largest absolute difference between the final weights of two runs."""
+    got, want = weights(a), weights(b)
+    assert got.keys() == want.keys()
+    return max(float((got[k] - want[k]).abs().max()) for k in want)
+
+
+def rewind(run: Path) -> None:
+    """Make a finished run look as if it had been stopped at its next-to-last checkpoint."""
+    shutil.rmtree(run / "model")
+    (run / "summary.json").unlink()
+    (run / "ledger.csv").unlink(missing_ok=True)
+    newest = latest_checkpoint(run)
+    assert newest is not None
+    shutil.rmtree(newest)
+
+
 def ledger_rows(run: Path) -> list[list[str]]:
     """RUN/ledger.csv by sample id: id, score, then the counts."""
     lines = (run / "ledger.csv").read_text().splitlines()[1:]
@@ -106,9 +124,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(
     cfg = load_train_config(config, ["data.batch_size=4", *common])
     train(cfg, one, data_dir=tiny_dataset)
 
-    got, want = weights(two), weights(one)
-    assert got.keys() == want.keys()
-    deviation = max(float((got[k] - want[k]).abs().max()) for k in want)
+    deviation = max_deviation(two, one)
     record(f"torchrun_equivalence_{variant}", max_abs_deviation=deviation)
     assert deviation < 1e-6, deviation  # float32, 10 steps
     summary = json.loads((two / "summary.json").read_text())
@@ -123,7 +139,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(
         train(
             load_train_config(config, ["data.batch_size=2", *common]), local, data_dir=tiny_dataset
         )
-        apart = max(float((weights(local)[k] - want[k]).abs().max()) for k in want)
+        apart = max_deviation(local, one)
         assert apart > 1000 * max(deviation, 1e-9), (apart, deviation)
 
 
@@ -137,12 +153,17 @@ LONG += ["harmonize.method=pcgrad", "eval.batch_size=16"]
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> Path:
     """The 2-process run the interrupted ones must reproduce bit for bit."""
     out = tmp_path_factory.mktemp("torchrun") / "uninterrupted"
-    run_torchrun(["demo", "--out", str(out), "--data", str(tiny_dataset), *LONG])
+    run_torchrun(long_args(out, tiny_dataset))
     return out
 
 
+def long_args(out: Path, data: Path) -> list[str]:
+    """``harmonia train`` arguments (after ``train``) of the 24-step runs."""
+    return ["demo", "--out", str(out), "--data", str(data), *LONG]
+
+
 def start_long(out: Path, data: Path, *extra: str, group: bool = False) -> subprocess.Popen[str]:
-    args = ["train", "demo", "--out", str(out), "--data", str(data), *LONG, *extra]
+    args = ["train", *long_args(out, data), *extra]
     return harmonia_torchrun(2, args, child_env(), new_session=group)
 
 
@@ -167,9 +188,7 @@ def test_a_stopped_run_resumes_exactly_with_2_processes_or_continues_with_1(
     assert latest_checkpoint(out) == out / "checkpoints" / f"step-{stopped_at:08d}"
     shutil.copytree(out, tmp_path / "copy")
 
-    resumed = run_torchrun(
-        ["demo", "--out", str(out), "--data", str(tiny_dataset), "--resume", *LONG]
-    )
+    resumed = run_torchrun([*long_args(out, tiny_dataset), "--resume"])
     assert "finished after 24 steps" in resumed
     assert_same_weights(out, uninterrupted)
 
@@ -200,9 +219,7 @@ def test_a_killed_rank_stops_the_run_promptly_and_the_restart_resumes(
     last = latest_checkpoint(out)
     assert last is not None
 
-    restarted = run_torchrun(
-        ["demo", "--out", str(out), "--data", str(tiny_dataset), "--resume", *LONG]
-    )
+    restarted = run_torchrun([*long_args(out, tiny_dataset), "--resume"])
     assert "finished after 24 steps" in restarted
     assert_same_weights(out, uninterrupted)
     record("torchrun_rank_killed", stopped_after_s=round(stopped_after, 1), resumed_from=last.name)
@@ -214,18 +231,14 @@ def test_without_an_agent_the_survivor_of_a_killed_rank_exits_with_one_line(
     """Ranks started by hand with torchrun's variables (as some batch systems do): no agent
     stops the survivor, so harmonia must notice the lost peer itself."""
     out, port = tmp_path / "run", free_port()
-    args = ["train", "demo", "--out", str(out), "--data", str(tiny_dataset), *LONG]
+    args = ["train", *long_args(out, tiny_dataset)]
     procs = [harmonia_process(args, rank_env(child_env(), rank, 2, port)) for rank in range(2)]
-    try:
+    with reaping(procs):
         wait_for(out / "checkpoints" / "step-00000003", procs[0])
         killed = time.monotonic()
         procs[1].kill()
         _, err = procs[0].communicate(timeout=120)
         waited = time.monotonic() - killed
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.communicate()
     assert procs[0].returncode == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
@@ -242,15 +255,10 @@ def test_a_ddp_checkpoint_resumes_under_fsdp(
     """DDP saves the optimizer state by position, FSDP2 loads it by parameter name."""
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)
-    for item in ("model", "summary.json", "ledger.csv"):
-        shutil.rmtree(out / item) if (out / item).is_dir() else (out / item).unlink(missing_ok=True)
-    newest = latest_checkpoint(out)
-    assert newest is not None
-    shutil.rmtree(newest)  # resume from the one before: 3 more steps
-    args = ["demo", "--out", str(out), "--data", str(tiny_dataset), "--resume", *LONG]
-    assert "finished after 24 steps" in run_torchrun([*args, "distributed.strategy=fsdp"])
-    got, want = weights(out), weights(uninterrupted)
-    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
+    rewind(out)  # resume from the checkpoint before the last: 3 more steps
+    resumed = run_torchrun([*long_args(out, tiny_dataset), "--resume", "distributed.strategy=fsdp"])
+    assert "finished after 24 steps" in resumed
+    assert max_deviation(out, uninterrupted) < 1e-5
 
 
 def test_an_fsdp_run_resumes_bit_exactly_with_droptoken(tmp_path: Path, tiny_dataset: Path) -> None:
@@ -259,8 +267,6 @@ def test_an_fsdp_run_resumes_bit_exactly_with_droptoken(tmp_path: Path, tiny_dat
     args = ["demo", "--data", str(tiny_dataset), *LONG, "train.steps=4", "train.checkpoint_every=2"]
     run_torchrun(["--out", str(full), *args, "distributed.strategy=fsdp"])
     shutil.copytree(full, half)
-    shutil.rmtree(half / "model")
-    (half / "summary.json").unlink()
-    shutil.rmtree(half / "checkpoints" / "step-00000004")
+    rewind(half)  # back to step 2 of 4
     run_torchrun(["--out", str(half), "--resume", *args, "distributed.strategy=fsdp"])
     assert_same_weights(half, full)
