@@ -107,7 +107,7 @@ def test_the_extra_view_trains_on_clean_then_extra_clips(
     assert not any(labels[i]["misaligned_text"] or labels[i]["misaligned_audio"] for i in train_ids)
     merged = ShardDataset(view, "train")
     sample = merged[merged.index_of(extra_ids[-1])]
-    assert sample["id"] == extra_ids[-1] and sample["video"].shape[0] == 16
+    assert sample["id"] == extra_ids[-1] and sample["video"].shape[0] == config.media.frames
     assert extra_view(dataset, tmp_path / "view") == tmp_path / "view"  # reused, not rewritten
 
 

@@ -51,14 +51,36 @@ class VattProblem:
         return self.objective.reduce(self.objective(out), out), out.anchor
 
 
-@pytest.fixture(scope="module")
-def problem() -> VattProblem:
+FRONT_ENDS = {
+    "patches": {
+        "video": {"shape": [4, 32, 32, 3], "patch": [2, 16, 16], "drop_token": 0.25},
+        "audio": {"shape": [1280], "patch": [160], "drop_token": 0.25},
+    },
+    # conv stems on both signals (Conv3d + GroupNorm per frame, Conv2d over log-mel frames)
+    "stems": {
+        "video": {
+            "shape": [4, 16, 16, 3],
+            "patch": [2, 8, 8],
+            "drop_token": 0.25,
+            "stem": {"channels": [4, 4], "kernel": [3, 3, 3], "pool": [1, 2, 2], "groups": 2},
+        },
+        "audio": {
+            "shape": [1280],
+            "patch": [320],
+            "drop_token": 0.25,
+            "features": "log_mel",
+            "log_mel": {"mel_bins": 8},
+            "stem": {"channels": [4], "kernel": [3, 3], "pool": [2, 2], "groups": 2},
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module", params=list(FRONT_ENDS))
+def problem(request: pytest.FixtureRequest) -> VattProblem:
     config = ModelConfig.named(
         "tiny",
-        modalities={
-            "video": {"shape": [4, 32, 32, 3], "patch": [2, 16, 16], "drop_token": 0.25},
-            "audio": {"shape": [1280], "patch": [160], "drop_token": 0.25},
-        },
+        modalities=FRONT_ENDS[request.param],
         backbone={"width": 16, "depth": 1, "heads": 2},
         spaces={"va": {"dim": 8}, "vt": {"dim": 8}},
     )

@@ -96,7 +96,7 @@ def test_log_mel_patches_span_the_same_samples_as_waveform_patches() -> None:
     cfg = log_mel_config(mel_bins=40)
     audio = cfg.modalities["audio"]
     assert audio.grid == ModelConfig.named("tiny").modalities["audio"].grid
-    assert audio.patch_values == audio.patch[0] // 160 * 40
+    assert audio.patch_values == audio.patch[0] // audio.spectrogram.hop * 40
     torch.manual_seed(0)
     model = VATT(cfg, WordTokenizer.build(["a digit moves"])).eval()
     out = model(random_batch(cfg, 3))
@@ -129,8 +129,10 @@ def test_log_mel_is_for_audio_only() -> None:
 
 def test_defaults() -> None:
     assert LogMelConfig().top_frequency == 8000.0
-    for size in ("tiny", "small", "base"):
-        assert ModelConfig.named(size).modalities["audio"].features == "raw"  # VATT's waveform
+    for size in ("tiny", "small"):  # the CPU sizes learn from log-mel frames at the clip's 8 kHz
+        audio = ModelConfig.named(size).modalities["audio"]
+        assert audio.features == "log_mel" and audio.spectrogram.sample_rate == 8000
+    assert ModelConfig.named("base").modalities["audio"].features == "raw"  # VATT's waveform
 
 
 def test_configs_saved_before_the_field_load_as_raw_waveform() -> None:
@@ -152,3 +154,22 @@ def test_a_log_mel_model_round_trips_through_save_pretrained(tmp_path: Path) -> 
         want = model(batch).embeddings["va"]["audio"]
         got = loaded(batch).embeddings["va"]["audio"]
     torch.testing.assert_close(got, want)
+
+
+def test_spec_augment_masks_whole_bands_in_training_only() -> None:
+    from harmonia.models.audio_features import SpecAugment
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 50, 16) + 5.0  # no zeros of its own
+    augment = SpecAugment(time_masks=2, time_width=10, freq_masks=1, freq_width=4)
+    assert torch.equal(augment.eval()(x), x)
+    y = augment.train()(x)
+    zero = y == 0
+    kept = ~zero
+    assert torch.equal(y[kept], x[kept])
+    # a masked cell lies in a time band (its whole frame is zero) or a frequency band (its bin)
+    frames, bins = zero.all(dim=2), zero.all(dim=1)
+    assert torch.equal(zero, frames[:, :, None] | bins[:, None, :])
+    assert int(frames.sum(dim=1).max()) <= 20 and int(bins.sum(dim=1).max()) <= 4
+    assert bool(zero.any())
+    assert torch.equal(SpecAugment(0, 0, 0, 0).train()(x), x)

@@ -20,22 +20,30 @@ def test_named_sizes_are_valid_and_round_trip(size: str) -> None:
 
 
 def test_token_counts_stay_small_for_cpu_sizes() -> None:
-    for size, audio_tokens in (("tiny", 50), ("small", 50), ("base", 250)):
+    for size, video_grid, audio_tokens in (
+        ("tiny", (4, 4, 4), 25),
+        ("small", (4, 4, 4), 25),
+        ("base", (2, 2, 2), 125),
+    ):
         mods = ModelConfig.named(size).modalities
-        assert mods["video"].grid == (4, 4, 4)
+        assert mods["video"].grid == video_grid
         assert mods["audio"].grid == (audio_tokens,)
     assert ModelConfig.named("base").modalities["audio"].patch == (128,)
+    assert ModelConfig.named("base").modalities["video"].stem is None  # VATT's linear patches
+    assert ModelConfig.named("tiny").modalities["video"].stem is not None
 
 
 def test_nested_overrides_merge_into_the_size() -> None:
     cfg = ModelConfig.named(
-        "tiny", backbone={"depth": 3}, modalities={"video": {"patch": [2, 8, 8], "drop_token": 0.5}}
+        "tiny", backbone={"depth": 3}, modalities={"video": {"patch": [1, 8, 8], "drop_token": 0.5}}
     )
     assert cfg.backbone.depth == 3 and cfg.backbone.width == 64
-    assert cfg.modalities["video"].patch == (2, 8, 8)
-    assert cfg.modalities["video"].grid == (8, 8, 8)
-    assert cfg.modalities["video"].patch_values == 2 * 8 * 8 * 3
-    assert cfg.modalities["audio"].drop_token == 0.25
+    assert cfg.modalities["video"].patch == (1, 8, 8)
+    assert cfg.modalities["video"].grid == (8, 4, 4)
+    # one 8x8 patch is one cell of the conv stem's 64 output channels (8x downsampling)
+    assert cfg.modalities["video"].patch_values == 64
+    assert cfg.modalities["video"].stem is not None
+    assert cfg.modalities["video"].drop_token == 0.5 and cfg.modalities["audio"].drop_token == 0.0
 
 
 def bad(**overrides: Any) -> str:

@@ -163,7 +163,7 @@ def test_a_fourth_modality_is_a_config_change(words: WordTokenizer) -> None:
 def test_batch_that_does_not_fit_the_config_names_the_field(words: WordTokenizer) -> None:
     model = tiny(words)
     batch = random_batch(model.config, 2)
-    batch["video"] = batch["video"][:, :8]
+    batch["video"] = batch["video"][:, :4]
     with pytest.raises(ConfigError, match=r"modalities\.video\.shape"):
         model(batch)
     with pytest.raises(ConfigError, match="anchor"):
@@ -177,12 +177,13 @@ def test_parameter_counts_per_size(words: WordTokenizer) -> None:
 
 
 def test_video_patches_are_normalized_voxel_blocks(words: WordTokenizer) -> None:
-    model = tiny(words, modalities={"video": {"mean": 0.2}})
+    vatt_patches = {"mean": 0.2, "patch": [2, 8, 8], "stem": None}  # VATT's linear front end
+    model = tiny(words, modalities={"video": vatt_patches})
     video = random_batch(model.config, 2)["video"]
     patches = model.tokenizer_of("video").prepare(video, torch.device("cpu"), torch.float64).inputs
-    assert patches.shape == (2, 64, 4 * 16 * 16 * 3)
+    assert patches.shape == (2, 64, 2 * 8 * 8 * 3)
     for t, h, w in ((0, 0, 0), (1, 2, 3), (3, 3, 1)):
-        block = video[1, 4 * t : 4 * t + 4, 16 * h : 16 * h + 16, 16 * w : 16 * w + 16].double()
+        block = video[1, 2 * t : 2 * t + 2, 8 * h : 8 * h + 8, 8 * w : 8 * w + 8].double()
         want = (block / 255 - 0.2) / 0.3
         torch.testing.assert_close(patches[1, (t * 4 + h) * 4 + w], want.flatten())
     as_float = model.tokenizer_of("video").prepare(

@@ -72,36 +72,53 @@ def add_source_option(parser: argparse.ArgumentParser) -> None:
 
 def add_build_options(parser: argparse.ArgumentParser) -> None:
     """Options of a build, shared by `data build` and `demo` (defaults = the default dataset)."""
+    from harmonia.data import BuildConfig
+
+    d = BuildConfig()  # one source of truth for every default
     g = parser.add_argument_group("dataset")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--train", type=int, default=3000, help="training samples")
-    g.add_argument("--val", type=int, default=500, help="validation samples")
-    g.add_argument("--test", type=int, default=500, help="test samples")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--train", type=int, default=d.sizes["train"], help="training samples")
+    g.add_argument("--val", type=int, default=d.sizes["val"], help="validation samples")
+    g.add_argument("--test", type=int, default=d.sizes["test"], help="test samples")
     g.add_argument(
         "--split",
         choices=("train", "val", "test"),
         default=None,
         help="put every speaker and image into this one split (size from its option)",
     )
-    g.add_argument("--noise", type=float, default=0.2, help="fraction of misaligned triplets")
+    g.add_argument("--noise", type=float, default=d.noise, help="fraction of misaligned triplets")
     g.add_argument(
         "--noise-mix",
-        default="0.5,0.25,0.25",
+        default=",".join(f"{w:g}" for w in d.noise_mix),
         help="weights TEXT,AUDIO,BOTH of what a misaligned triplet gets wrong",
     )
-    g.add_argument("--noise-splits", default="train", help="comma-separated splits that get noise")
     g.add_argument(
-        "--extra", type=int, default=0, help="size of the second, noisier source (split 'extra')"
+        "--noise-splits",
+        default=",".join(d.noise_splits),
+        help="comma-separated splits that get noise",
     )
     g.add_argument(
-        "--extra-noise", type=float, default=0.5, help="misaligned fraction of the extra source"
+        "--extra",
+        type=int,
+        default=d.extra,
+        help="size of the second, noisier source (split 'extra')",
     )
-    g.add_argument("--shard-size", type=int, default=500, help="samples per shard")
-    g.add_argument("--frames", type=int, default=16)
-    g.add_argument("--fps", type=int, default=8)
-    g.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
-    g.add_argument("--sample-rate", type=int, default=16000)
-    g.add_argument("--captions", type=int, default=4, help="captions per clip")
+    g.add_argument(
+        "--extra-noise",
+        type=float,
+        default=d.extra_noise,
+        help="misaligned fraction of the extra source",
+    )
+    g.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
+    g.add_argument("--frames", type=int, default=d.media.frames)
+    g.add_argument("--fps", type=int, default=d.media.fps)
+    g.add_argument(
+        "--size", type=int, default=d.media.height, help="frame height and width in pixels"
+    )
+    g.add_argument("--sample-rate", type=int, default=d.media.sample_rate)
+    g.add_argument(
+        "--captions", type=int, default=d.media.captions_per_clip, help="captions per clip"
+    )
 
 
 def build_config(args: argparse.Namespace) -> Any:

@@ -63,7 +63,9 @@ def decode_mp4(data: bytes, spec: MediaSpec) -> tuple[np.ndarray, np.ndarray]:
     never shift or lengthen the waveform. Raises CorruptMedia for anything else.
     """
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        # the intended demuxer only: probing costs more than decoding a clip, and a probed
+        # format may open nested inputs (an ffconcat list naming other local files)
+        container = av.open(io.BytesIO(data), mode="r", format="mp4")
     except (av.error.FFmpegError, ValueError, OSError) as err:
         raise CorruptMedia(f"not a readable mp4 ({_short(err)})") from None
     with container:

@@ -88,3 +88,39 @@ class LogMel(nn.Module):
         mean = logmel.mean(dim=(-2, -1), keepdim=True)
         std = logmel.std(dim=(-2, -1), keepdim=True)
         return (logmel - mean) / (std + NORM_EPS)
+
+
+class SpecAugment(nn.Module):
+    """Training-time time and frequency masks on log-mel frames (Park et al., Interspeech 2019).
+
+    Each sample gets ``time_masks`` bands of up to ``time_width`` frames and ``freq_masks``
+    bands of up to ``freq_width`` mel bins set to 0 (the per-utterance mean after
+    normalization), widths and positions drawn per sample. With only a few training speakers
+    this keeps the audio tower from keying on one speaker's spectral details. The identity in
+    eval mode or with no masks; no parameters.
+    """
+
+    def __init__(self, time_masks: int, time_width: int, freq_masks: int, freq_width: int) -> None:
+        super().__init__()
+        self.bands = ((1, time_masks, time_width), (2, freq_masks, freq_width))
+
+    def forward(self, logmel: Tensor) -> Tensor:
+        """``[B, frames, mel_bins]`` -> the same, masked in training mode."""
+        if not self.training:
+            return logmel
+        batch = logmel.shape[0]
+        keep = torch.ones_like(logmel, dtype=torch.bool)
+        for axis, count, width in self.bands:
+            size = logmel.shape[axis]
+            span = min(width, size)
+            if count == 0 or span == 0:
+                continue
+            index = torch.arange(size, device=logmel.device)[None, :]
+            for _ in range(count):
+                w = torch.randint(0, span + 1, (batch, 1), device=logmel.device)
+                start = (torch.rand(batch, 1, device=logmel.device) * (size - w + 1)).long()
+                band = (index >= start) & (index < start + w)
+                shape = [batch, 1, 1]
+                shape[axis] = size
+                keep &= ~band.view(shape)
+        return logmel * keep

@@ -49,9 +49,16 @@ class LogMelConfig:
     f_min: float = 0.0
     f_max: float | None = None
     """Upper edge of the highest mel band in Hz (default: sample_rate / 2)."""
+    time_masks: int = 0
+    """SpecAugment in training: bands of up to ``time_width`` frames set to 0 per sample."""
+    time_width: int = 0
+    freq_masks: int = 0
+    """SpecAugment in training: bands of up to ``freq_width`` mel bins set to 0 per sample."""
+    freq_width: int = 0
 
     def validate(self) -> None:
         require_positive(self, "sample_rate", "window", "hop", "n_fft", "mel_bins")
+        require_non_negative(self, "time_masks", "time_width", "freq_masks", "freq_width")
         check(
             self.window <= self.n_fft,
             "window",
@@ -74,6 +81,51 @@ class LogMelConfig:
     def top_frequency(self) -> float:
         """``f_max``, or the Nyquist frequency when it is not set."""
         return self.sample_rate / 2 if self.f_max is None else self.f_max
+
+
+@dataclass(frozen=True)
+class StemConfig:
+    """A convolutional front end (`harmonia.models.stems.ConvStem`) in front of the patches.
+
+    Each of ``len(channels)`` stages is a same-padded conv with ``kernel``, GroupNorm with
+    ``groups`` groups, GELU and a max-pool of ``pool`` (stride = size). Video stems are 3D over
+    ``(frames, height, width)`` (``kernel: [1, 3, 3]`` is per-frame); audio stems are 2D over the
+    log-mel ``(frames, mel_bins)`` and need ``features: log_mel``. The modality's ``patch`` stays
+    in input units and must be a multiple of the total pooling ``pool ** len(channels)``.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    kernel: tuple[int, ...] = (1, 3, 3)
+    pool: tuple[int, ...] = (1, 2, 2)
+    groups: int = 4
+
+    def validate(self) -> None:
+        check(len(self.channels) >= 1, "channels", "expected at least one stage")
+        for i, c in enumerate(self.channels):
+            check(c > 0, f"channels[{i}]", f"expected a positive integer, got {c}")
+            check(
+                c % min(self.groups, c) == 0,
+                "groups",
+                f"{self.groups} groups must divide channels[{i}] = {c}",
+            )
+        require_positive(self, "groups")
+        check(
+            len(self.kernel) in (2, 3), "kernel", f"expected 2 or 3 sizes, got {list(self.kernel)}"
+        )
+        check(
+            len(self.pool) == len(self.kernel),
+            "pool",
+            f"expected {len(self.kernel)} sizes like kernel, got {list(self.pool)}",
+        )
+        for i, k in enumerate(self.kernel):
+            check(k > 0 and k % 2 == 1, f"kernel[{i}]", f"expected an odd positive size, got {k}")
+        for i, p in enumerate(self.pool):
+            check(p > 0, f"pool[{i}]", f"expected a positive integer, got {p}")
+
+    @property
+    def downsample(self) -> tuple[int, ...]:
+        """Total pooling along each axis over all stages."""
+        return tuple(p ** len(self.channels) for p in self.pool)
 
 
 @dataclass(frozen=True)
@@ -103,6 +155,8 @@ class ModalityConfig:
     """``raw`` signal patches (every kind) or ``log_mel`` spectrogram patches (audio only)."""
     log_mel: LogMelConfig | None = None
     """Settings for ``features: log_mel`` (None: `LogMelConfig` defaults)."""
+    stem: StemConfig | None = None
+    """A convolutional front end before the patch projection (None: VATT's linear patches)."""
 
     def validate(self) -> None:
         self._validate_features()
@@ -128,6 +182,7 @@ class ModalityConfig:
                 "mean",
                 "mean/std are only used by kind video",
             )
+        self._validate_stem()
 
     def _validate_features(self) -> None:
         if self.features == "raw":
@@ -146,6 +201,38 @@ class ModalityConfig:
                 f"with features log_mel a patch must be whole frames: hop {settings.hop} "
                 f"does not divide {self.patch[0]}",
             )
+
+    def _validate_stem(self) -> None:
+        if self.stem is None:
+            return
+        try:
+            self.stem.validate()
+        except FieldError as err:
+            raise FieldError(f"stem.{err.key}", err.message) from None
+        check(self.kind != "text", "stem", "a conv stem is for kind video or audio")
+        dims = 3 if self.kind == "video" else 2
+        check(
+            len(self.stem.kernel) == dims,
+            "stem.kernel",
+            f"a {self.kind} stem is {dims}D: expected {dims} kernel sizes",
+        )
+        if self.kind == "audio":
+            check(self.features == "log_mel", "stem", "an audio stem needs features: log_mel")
+        pairs = zip(self.stem_input_patch, self.stem.downsample, strict=True)
+        for axis, (size, down) in enumerate(pairs):
+            check(
+                size % down == 0,
+                "stem.pool",
+                f"total pooling {down} along axis {axis} does not divide the patch's {size}",
+            )
+
+    @property
+    def stem_input_patch(self) -> tuple[int, ...]:
+        """One patch in the stem's input units: video ``(t, h, w)``, audio ``(frames, mel_bins)``."""
+        if self.kind == "audio":
+            frames = self.patch[0] // self.spectrogram.hop if self.patch else 0
+            return (frames, self.spectrogram.mel_bins)
+        return tuple(self.patch)
 
     @property
     def spectrogram(self) -> LogMelConfig:
@@ -181,6 +268,10 @@ class ModalityConfig:
     def patch_values(self) -> int:
         """Values in one patch (video: t*h*w*channels; audio: samples, or frames*mel_bins)."""
         n = 1
+        if self.stem is not None:
+            for size, down in zip(self.stem_input_patch, self.stem.downsample, strict=True):
+                n *= size // down
+            return n * self.stem.channels[-1]
         for step in self.patch:
             n *= step
         if self.features == "log_mel":
@@ -337,4 +428,5 @@ __all__ = [
     "ModalityConfig",
     "ModelConfig",
     "SpaceConfig",
+    "StemConfig",
 ]

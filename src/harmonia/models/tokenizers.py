@@ -7,8 +7,9 @@ tensor into tokens [n, 1 + L, D]: patch/word embeddings plus learned position em
 DropToken in training, and a learned aggregation token in front whose backbone output is the
 modality's pooled feature.
 
-Parameters live only in nn.Linear and nn.Embedding (positions and the aggregation token are
-looked up per sample), so per-sample gradient methods see every parameter through a layer.
+Parameters live in nn.Linear and nn.Embedding (positions and the aggregation token are looked up
+per sample) and, with a conv ``stem``, in batch-first convs and GroupNorm, so per-sample gradient
+methods see every parameter through a layer that treats samples independently.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.errors import ConfigError
-from harmonia.models.audio_features import LogMel
+from harmonia.models.audio_features import LogMel, SpecAugment
 from harmonia.models.config import ModalityConfig
 from harmonia.models.droptoken import DropToken
+from harmonia.models.stems import ConvStem
 from harmonia.models.vocab import WordTokenizer
 
 
@@ -79,11 +81,16 @@ class ModalityTokenizer(nn.Module):
 
 
 class VideoTokenizer(ModalityTokenizer):
-    """Non-overlapping t x h x w voxel patches -> Linear, plus factorized (t, h, w) positions."""
+    """Non-overlapping t x h x w voxel patches -> Linear, plus factorized (t, h, w) positions.
+
+    With a ``stem`` the frames first go through a `ConvStem` and the patches are cut from its
+    feature map (same token grid, ``patch / downsample`` feature cells per token).
+    """
 
     def __init__(self, name: str, config: ModalityConfig, width: int) -> None:
         super().__init__(name, config, width)
         self.grid = config.grid
+        self.stem = None if config.stem is None else ConvStem(config.shape[-1], config.stem)
         self.proj = nn.Linear(config.patch_values, width)
         self.pos_t, self.pos_h, self.pos_w = (nn.Embedding(n, width) for n in self.grid)
         self.drop = DropToken(config.drop_token)
@@ -93,13 +100,17 @@ class VideoTokenizer(ModalityTokenizer):
 
         Float frames are taken as already scaled to [0, 1]. Patches are cut before the
         conversion to float, so the large video tensor is copied once at one byte per value.
+        With a stem the result is the normalized frames [B, C, T, H, W] instead.
         """
         video = self.check_signal(raw).to(device)
         valid = video.flatten(1).any(dim=1)
         batch = video.shape[0]
-        (gt, gh, gw), (pt, ph, pw) = self.grid, self.config.patch
-        patches = video.reshape(batch, gt, pt, gh, ph, gw, pw, -1)
-        patches = patches.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, gt * gh * gw, -1)
+        if self.stem is not None:
+            patches = video.permute(0, 4, 1, 2, 3)
+        else:
+            (gt, gh, gw), (pt, ph, pw) = self.grid, self.config.patch
+            patches = video.reshape(batch, gt, pt, gh, ph, gw, pw, -1)
+            patches = patches.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, gt * gh * gw, -1)
         assert self.config.mean is not None and self.config.std is not None
         scale = 1.0 / self.config.std / (255.0 if video.dtype == torch.uint8 else 1.0)
         x = patches.to(dtype=dtype, copy=True).mul_(scale)
@@ -111,6 +122,8 @@ class VideoTokenizer(ModalityTokenizer):
         """Patches [B, N, P] -> tokens [B, 1 + N', D] (N' = N, or fewer under DropToken)."""
         batch = inputs.shape[0]
         gt, gh, gw = self.grid
+        if self.stem is not None:
+            inputs = _cells_to_patches(self.stem(inputs), self.grid)
         pos = (
             lookup(self.pos_t, gt, batch)[:, :, None, None]
             + lookup(self.pos_h, gh, batch)[:, None, :, None]
@@ -129,15 +142,18 @@ class AudioTokenizer(ModalityTokenizer):
 
     def __init__(self, name: str, config: ModalityConfig, width: int) -> None:
         super().__init__(name, config, width)
+        self.stem = None if config.stem is None else ConvStem(1, config.stem)
         self.proj = nn.Linear(config.patch_values, width)
         self.pos = nn.Embedding(config.grid[0], width)
         self.drop = DropToken(config.drop_token)
         self.log_mel: LogMel | None = None
+        self.augment: SpecAugment | None = None
         if config.features == "log_mel":
             s = config.spectrogram
             self.log_mel = LogMel(
                 s.sample_rate, s.window, s.hop, s.n_fft, s.mel_bins, s.f_min, s.top_frequency
             )
+            self.augment = SpecAugment(s.time_masks, s.time_width, s.freq_masks, s.freq_width)
 
     def prepare(self, raw: Any, device: torch.device, dtype: torch.dtype) -> Prepared:
         """Float waveform [B, N] in [-1, 1] -> the waveform, or its log-mel frames [B, F, M]."""
@@ -148,7 +164,13 @@ class AudioTokenizer(ModalityTokenizer):
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor | None]:
         batch = inputs.shape[0]
-        patches = inputs.reshape(batch, self.config.grid[0], -1)
+        if self.augment is not None:
+            inputs = self.augment(inputs)
+        if self.stem is not None:  # log-mel [B, F, M] -> cells [B, C, F', M'] -> [B, N, P]
+            cells = self.stem(inputs.unsqueeze(1))
+            patches = _cells_to_patches(cells.unsqueeze(-1), (self.config.grid[0], 1, 1))
+        else:
+            patches = inputs.reshape(batch, self.config.grid[0], -1)
         tokens = self.proj(patches) + lookup(self.pos, self.config.grid[0], batch)
         return self.with_aggregation(self.drop(tokens)), None
 
@@ -177,6 +199,14 @@ class TextTokenizer(ModalityTokenizer):
         real = inputs.ne(self.words.pad_id)
         mask = torch.cat([real.new_ones(batch, 1), real], dim=1)
         return self.with_aggregation(tokens), mask
+
+
+def _cells_to_patches(cells: Tensor, grid: tuple[int, ...]) -> Tensor:
+    """A stem's feature map [B, C, T', H', W'] -> patches [B, gt*gh*gw, (T'/gt)(H'/gh)(W'/gw)C]."""
+    batch, channels, t, h, w = cells.shape
+    gt, gh, gw = grid
+    x = cells.reshape(batch, channels, gt, t // gt, gh, h // gh, gw, w // gw)
+    return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(batch, gt * gh * gw, -1)
 
 
 def _flatten_captions(name: str, raw: Any) -> tuple[list[str], tuple[int, ...]]:

@@ -48,12 +48,12 @@ def ensure_dataset(
     return root
 
 
-def open_split(root: Path, split: str) -> ShardDataset:
+def open_split(root: Path, split: str, *, cache: bool = False) -> ShardDataset:
     """The map-style dataset of one split (DataError naming the splits that exist)."""
     present = list(load_summary(root).get("splits", {}))
     if split not in present:
         raise DataError(f"{root} has no split {split!r}; it has {', '.join(present)}")
-    return ShardDataset(root, split)
+    return ShardDataset(root, split, cache=cache)
 
 
 def collate_for(dataset: ShardDataset) -> Callable[[list[Any]], dict[str, Any]]:
