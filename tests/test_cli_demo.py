@@ -51,3 +51,30 @@ def test_demo_trains_evaluates_audits_and_resumes(
     again = capsys.readouterr().out
     assert "using the dataset already in" in again
     assert again.count("already trained") == 2
+
+
+def test_demo_fetches_real_sources_first_and_falls_back_only_when_that_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harmonia.cli import demo
+    from harmonia.data import fetch
+    from harmonia.errors import DataError
+
+    monkeypatch.delenv("HARMONIA_DATA", raising=False)
+    monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "cache"))
+    calls: list[Path] = []
+
+    def offline(dest: Path) -> Path:
+        calls.append(dest)
+        raise DataError("cannot reach the MNIST mirror (offline)")
+
+    monkeypatch.setattr(fetch, "fetch_sources", offline)
+    assert demo.demo_source(None) == "builtin"
+    assert calls == [tmp_path / "cache"]
+    assert "fetch failed: cannot reach the MNIST mirror" in capsys.readouterr().err
+
+    monkeypatch.setattr(fetch, "fetch_sources", lambda dest: calls.append(dest) or dest)
+    assert demo.demo_source(None) is None  # fetched: build from the cache
+    assert demo.demo_source("some/dir") == "some/dir"  # an explicit source is never replaced
+    monkeypatch.setenv("HARMONIA_DATA", str(tmp_path))
+    assert demo.demo_source(None) is None and len(calls) == 2

@@ -61,6 +61,9 @@ def test_two_steps_for_each_method(
     run_dir = tmp_path / "run"
     assert summary["status"] == "finished" and summary["steps"] == 2
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
+    # two steps learn nothing: every loss is judged near chance, with its numbers
+    assert {h["verdict"] for h in summary["learning"].values()} == {"near chance"}
+    assert set(summary["learning"]) == {"va", "vt"}
 
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]

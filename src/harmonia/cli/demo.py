@@ -76,9 +76,33 @@ def prepare_data(args: argparse.Namespace) -> Path:
         print(f"using the dataset already in {out}")
         return out
     config = build_config(args)
-    source = load_source(args.source, allow_builtin=True)
+    source = load_source(demo_source(args.source), allow_builtin=True)
     build_dataset(config, source, out, overwrite=out.exists(), workers=args.workers)
     return out
+
+
+def demo_source(source: str | None) -> str | None:
+    """The source to build from: as given, else $HARMONIA_DATA or a complete fetch cache, else
+    a fresh `harmonia data fetch` (checksummed), and only when that fails the built-in set."""
+    import os
+    import sys
+
+    from harmonia.data.fetch import fetch_sources
+    from harmonia.data.sources import BUILTIN, ENV_DATA, default_cache, fetch_complete
+    from harmonia.errors import DataError
+
+    if source or os.environ.get(ENV_DATA):
+        return source
+    cache = default_cache()  # $HARMONIA_CACHE or ~/.cache/harmonia/source
+    if fetch_complete(cache):
+        return None
+    print(f"no source data yet: fetching MNIST + FSDD into {cache} (SHA-256 checked)")
+    try:
+        fetch_sources(cache)
+    except (DataError, OSError) as err:
+        print(f"fetch failed: {err}; falling back to the built-in set", file=sys.stderr)
+        return BUILTIN
+    return None
 
 
 def train_run(name: str, config: str, run_dir: Path, data: Path, overrides: list[str]) -> None:
@@ -109,7 +133,9 @@ def evaluate_run(run_dir: Path, data: Path) -> dict[str, Any]:
         cached: dict[str, Any] = json.loads(run.eval_path.read_text(encoding="utf-8"))
         return cached
     model = VATT.from_pretrained(run.require_model())
-    result = evaluate(model, data, "test", ledger=run.ledger(), progress=True)
+    result = evaluate(
+        model, data, "test", ledger=run.ledger(), progress=True, temperature=run.temperature()
+    )
     write_atomic(run.eval_path, json.dumps(result, indent=2) + "\n")
     return result
 

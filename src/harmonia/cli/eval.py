@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         max_eval=args.max_eval,
         max_train=args.max_train,
         progress=True,
+        temperature=run_dir.temperature(),
     )
     result = {"run": str(run_dir.path), "model": str(run_dir.model_dir), **result}
     print(format_table(result))

@@ -53,6 +53,19 @@ def register(subparsers: Any) -> None:
         help="train nothing: write the page from the runs already finished in --work",
     )
     rep.set_defaults(func=run)
+    scores = sub.add_parser(
+        "conflict-scores",
+        help="compare noisiness scores replayed from runs' conflict traces",
+        description=(
+            "For runs trained with harmonize.ledger.trace=true, derive the paper's gradient-"
+            "conflict score and its alternatives (raw inner product, late window, gradient "
+            "norms, online losses) from the same per-sample observations and print each one's "
+            "AUROC for caption- and audio-misaligned training triplets (mean +- sd over runs)."
+        ),
+    )
+    scores.add_argument("runs", nargs="+", metavar="RUN_DIR", help="traced training runs")
+    scores.add_argument("--json", default=None, help="also write the AUROCs per run here")
+    scores.set_defaults(func=run_conflict_scores)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,3 +88,26 @@ def run(args: argparse.Namespace) -> int:
         report_only=args.report_only,
     )
     return 1 if outcome["failed"] else 0
+
+
+def run_conflict_scores(args: argparse.Namespace) -> int:
+    """Print the comparison table of `harmonia.experiments.conflict_scores`."""
+    import json
+
+    from harmonia.data.index import load_labels
+    from harmonia.evaluation.run_dir import RunDir
+    from harmonia.experiments.conflict_scores import Trace, compare, markdown
+    from harmonia.files import write_atomic
+    from harmonia.training.trace import TRACE_CSV
+
+    runs = []
+    for path in map(Path, args.runs):
+        if not (path / TRACE_CSV).is_file():
+            raise HarmoniaError(f"{path}: no {TRACE_CSV} (train with harmonize.ledger.trace=true)")
+        labels = load_labels(RunDir(path).require_dataset())
+        runs.append((Trace.read(path), labels))
+    table = compare(runs)
+    print(markdown(table))
+    if args.json:
+        write_atomic(Path(args.json), json.dumps(table, indent=2) + "\n")
+    return 0

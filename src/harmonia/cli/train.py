@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     """Train; a stop signal ends with a checkpoint and exit code 0."""
     from safetensors import SafetensorError
 
+    from harmonia.training.health import LossHealth
     from harmonia.training.loop import train_named
 
     overrides = list(args.overrides)
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if final:
         print(json.dumps(final, indent=1, sort_keys=True))
+    for name, health in summary.get("learning", {}).items():
+        print(f"learning health: {LossHealth.from_dict(name, health).sentence()}")
     if summary["skipped_samples"]:
         print(f"skipped {summary['skipped_samples']} corrupt samples (listed in summary.json)")
     if summary.get("skipped_validation"):

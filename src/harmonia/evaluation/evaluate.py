@@ -13,6 +13,7 @@ an EL2N-style error norm of each matched pair within random blocks of about 32).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,13 +33,17 @@ from harmonia.evaluation.retrieval import class_relevance, instance_relevance, r
 from harmonia.evaluation.roles import Roles
 from harmonia.evaluation.zero_shot import embed_prompts, zero_shot_accuracy
 from harmonia.harmonization.ledger import LedgerEntry
+from harmonia.losses.contrastive import milnce, nce
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE
 
 SCHEMA = "harmonia.eval/1"
 BatchSource = Callable[[str], Iterable[Mapping[str, Any]]]
 """split name -> collated batches of that split (in a fixed order)."""
 Labels = Mapping[str, Mapping[str, Any]]
 EL2N_BLOCK = 32
-EL2N_TEMPERATURE = 0.07
+EL2N_TEMPERATURE = DEFAULT_TEMPERATURE
+HELD_OUT_BLOCK = 32
+"""Clips per block for the held-out losses (the demo's training batch: the same chance)."""
 
 
 def evaluate(
@@ -54,8 +59,12 @@ def evaluate(
     max_train: int | None = None,
     batches: BatchSource | None = None,
     progress: bool = False,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> dict[str, Any]:
-    """Evaluate a frozen model on `split` of a built dataset; see the module docstring."""
+    """Evaluate a frozen model on `split` of a built dataset; see the module docstring.
+
+    ``temperature`` is the losses' (the run's ``losses.temperature``) for the held-out losses.
+    """
     from harmonia.data.index import load_labels
 
     start = time.perf_counter()
@@ -100,6 +109,7 @@ def evaluate(
         "roles": dict(roles.__dict__),
         "zero_shot": _zero_shot(model, feats, labels, roles),
         "retrieval": _retrieval(feats, labels),
+        "losses": _held_out_losses(feats, roles, temperature),
         "linear_probe": _probes(train, feats, labels, roles) if train is not None else {},
         "noise_detection": _noise_detection(ledger, train, labels, notes),
         "skipped": [*encoded.skipped, *(train.skipped if train is not None else [])],
@@ -259,6 +269,35 @@ def _noise_detection(
                 )
                 out[name][target] = res.to_dict()
     return out
+
+
+def _held_out_losses(
+    feats: SplitFeatures, roles: Roles, temperature: float, block: int = HELD_OUT_BLOCK
+) -> dict[str, Any]:
+    """Each space's training loss on the split, in random blocks of ``block`` clips.
+
+    NCE (video-audio) and MIL-NCE (video-text) as in training, mean per clip; ``chance`` is
+    ln(block), the loss of a model that cannot tell the block's clips apart. A remainder smaller
+    than a block is left out so that every block has the same chance level.
+    """
+    n = len(feats)
+    if n < block:
+        return {}
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    va: list[Tensor] = []
+    vt: list[Tensor] = []
+    for start in range(0, n - block + 1, block):
+        rows = order[start : start + block]
+        a = feats.video_audio[rows].double()
+        va.append(nce(a, feats.audio[rows].double(), temperature, reduction="none"))
+        v, t = feats.video_text[rows].double(), feats.text[rows].double()
+        valid = feats.text_valid[rows]
+        vt.append(milnce(v, t, temperature, valid=valid, reduction="none"))
+    chance = math.log(block)
+    return {
+        space: {"loss": float(torch.cat(parts).mean()), "chance": chance, "block": block}
+        for space, parts in ((roles.audio_space, va), (roles.text_space, vt))
+    }
 
 
 def _mean_caption(text: Tensor, valid: Tensor) -> Tensor:

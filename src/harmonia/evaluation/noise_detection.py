@@ -16,6 +16,8 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
 
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE
+
 
 @dataclass(frozen=True)
 class DetectionResult:
@@ -71,7 +73,7 @@ def detection_metrics(
     )
 
 
-def error_norm(similarity: Tensor, temperature: float = 0.07) -> Tensor:
+def error_norm(similarity: Tensor, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:
     """EL2N-style score per row: || softmax(similarity / T) - onehot(diagonal) ||_2.
 
     `similarity` is [N, N] with the matched pair on the diagonal (e.g. video x audio embeddings of

@@ -89,6 +89,14 @@ def format_table(result: Mapping[str, Any]) -> str:
         ],
     )
     lines += _block(
+        "held-out losses (random blocks of clips; chance = ln(block))",
+        [("loss (space)", -16), ("loss", 8), ("chance", 8), ("block", 7)],
+        [
+            [space, _num(r.get("loss")), _num(r.get("chance")), r.get("block", "-")]
+            for space, r in result.get("losses", {}).items()
+        ],
+    )
+    lines += _block(
         "linear probe (logistic regression on frozen pooled features)",
         [("features/label", -28), ("acc %", 8), ("chance %", 10), ("train", 7), ("eval", 7)],
         [

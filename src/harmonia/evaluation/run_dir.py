@@ -14,6 +14,7 @@ import yaml
 
 from harmonia.errors import CheckpointError, HarmoniaError
 from harmonia.harmonization.ledger import ConflictLedger, LedgerEntry
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE
 from harmonia.training.logging import read_metrics
 
 
@@ -59,6 +60,14 @@ class RunDir:
         except yaml.YAMLError as err:
             raise HarmoniaError(f"{path}: unreadable YAML ({str(err).splitlines()[0]})") from None
         return data if isinstance(data, dict) else {}
+
+    def temperature(self) -> float:
+        """The run's ``losses.temperature`` (the library default when not recorded)."""
+        losses = self.config().get("losses")
+        value = losses.get("temperature") if isinstance(losses, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        return DEFAULT_TEMPERATURE
 
     def dataset_dir(self) -> Path | None:
         """The dataset the run trained on: `data.dir` of its config (None when not recorded).

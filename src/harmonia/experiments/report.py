@@ -24,6 +24,7 @@ from harmonia.experiments.analysis import (
     verdict,
 )
 from harmonia.experiments.plan import BUDGETS, VARIANT_LABELS, StudyPlan
+from harmonia.training.health import judge
 
 HEADLINE = ("zs_digit", "t2v", "a2v", "probe_vd")
 """Metrics the claims are judged on (downstream retrieval and classification)."""
@@ -509,9 +510,15 @@ class Report:
             held_out = Stat.of(r["train"]["final"].get(f"val/loss/{name}") for r in runs)
             if final is None:
                 continue
-            fits = final.mean <= 0.9 * chance
-            transfers = held_out is not None and held_out.mean <= 0.95 * val_chance
-            if not (fits and transfers):
+            health = judge(
+                name,
+                final.mean,
+                None if held_out is None else held_out.mean,
+                b.batch_size,
+                b.eval_batch_size,
+            )
+            fits, transfers = health.verdict != "near chance", health.learned
+            if not health.learned:
                 not_learned.append(name)
             where = f"training {num(final, 2)} (chance ln {b.batch_size} = {chance:.2f})" + (
                 f", held-out {num(held_out, 2)} (chance ln {b.eval_batch_size} = {val_chance:.2f})"

@@ -101,6 +101,7 @@ def run_one(spec: RunSpec, budget: Budget, dataset: Path, run_dir: Path) -> dict
         ledger=run.ledger(),
         batch_size=budget.eval_batch_size,
         max_train=budget.train,
+        temperature=run.temperature(),
     )
     _write_json(run_dir / EVAL_FILE, evaluation)
     result = {

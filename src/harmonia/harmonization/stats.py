@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -19,6 +20,47 @@ def cosines_from_gram(gram: Tensor) -> Tensor:
     norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
     denom = norms[:, :, None] * norms[:, None, :]
     return gram / denom.clamp_min(torch.finfo(gram.dtype).tiny)
+
+
+NoisinessScore = Literal["gradient_norm", "conflict"]
+"""What the ledger records per sample (low = suspected misaligned), see `noisiness_scores`."""
+
+
+def relative_norms(gram: Tensor) -> Tensor:
+    """``[B, M]``: each loss's per-sample gradient norm over that loss's median norm in the batch.
+
+    The median (the lower one for an even count) is over the samples where the loss has a
+    gradient; a loss without any gets ratio 0 everywhere.
+    """
+    norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
+    out = torch.zeros_like(norms)
+    for k in range(norms.shape[1]):
+        present = norms[:, k] > 0
+        if bool(present.any()):
+            out[:, k] = norms[:, k] / norms[present, k].median()
+    return out
+
+
+def noisiness_scores(gram: Tensor, kind: NoisinessScore = "gradient_norm") -> Tensor:
+    """Per-sample ledger scores ``[B]`` from a batch's per-sample Gram ``[B, M, M]``; low = suspect.
+
+    ``conflict`` is the paper's gradient-conflict score: the smallest pairwise cosine between the
+    losses' gradients. ``gradient_norm`` is ``(1 - r) / (1 + r)`` with ``r`` the largest
+    `relative_norms` ratio of the sample: 0 for a sample whose gradients are the batch's median
+    size, towards -1 when one loss's gradient dwarfs the batch's (the partner it is paired with
+    does not fit), towards 1 when every loss is already satisfied. Both lie in [-1, 1].
+    docs/curriculum.md compares them: once the model learns, a misaligned partner shows as a
+    large gradient of its own loss far more reliably than as a conflict between the two.
+    """
+    if kind == "conflict":
+        cos = cosines_from_gram(gram)
+        tasks = cos.shape[-1]
+        upper = torch.triu_indices(tasks, tasks, offset=1, device=cos.device)
+        return cos[:, upper[0], upper[1]].amin(dim=-1)
+    if kind != "gradient_norm":
+        raise ValueError(f"unknown noisiness score {kind!r}; expected gradient_norm or conflict")
+    r = relative_norms(gram).amax(dim=1)
+    return (1 - r) / (1 + r)
 
 
 @dataclass(frozen=True)
@@ -58,10 +100,7 @@ class HarmonizerStats:
     @property
     def score(self) -> Tensor:
         """Per-sample conflict score ``[B]``: the smallest pairwise cosine (low = conflicting)."""
-        cos = self.cosines
-        tasks = cos.shape[-1]
-        upper = torch.triu_indices(tasks, tasks, offset=1, device=cos.device)
-        return cos[:, upper[0], upper[1]].amin(dim=-1)
+        return noisiness_scores(self.gram, "conflict")
 
     @property
     def conflict_fraction(self) -> dict[str, float]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from harmonia.losses.gather import Gather, local_gather
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -32,7 +33,7 @@ Reduction = Literal["mean", "sum", "none"]
 def nce(
     a: Tensor,
     b: Tensor,
-    temperature: float | Tensor = 0.07,
+    temperature: float | Tensor = DEFAULT_TEMPERATURE,
     valid: Tensor | None = None,
     reduction: Reduction = "mean",
     gather: Gather | None = None,
@@ -49,7 +50,7 @@ def nce(
 def milnce(
     v: Tensor,
     t: Tensor,
-    temperature: float | Tensor = 0.07,
+    temperature: float | Tensor = DEFAULT_TEMPERATURE,
     valid: Tensor | None = None,
     reduction: Reduction = "mean",
     gather: Gather | None = None,

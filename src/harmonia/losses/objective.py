@@ -19,7 +19,7 @@ from harmonia.config import FieldError, check, from_dict, require_positive
 from harmonia.errors import ConfigError
 from harmonia.losses.contrastive import milnce, nce
 from harmonia.losses.gather import Gather
-from harmonia.losses.temperature import LearnableTemperature
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE, LearnableTemperature
 
 
 class ContrastiveOutput(Protocol):
@@ -38,7 +38,7 @@ class LossSpec:
     space: str
     modalities: tuple[str, str]
     """(anchor side, other side); for ``milnce`` the other side has K candidates [B, K, E]."""
-    temperature: float = 0.07
+    temperature: float = DEFAULT_TEMPERATURE
     learnable_temperature: bool = False
     """Learn the temperature (initialized at ``temperature``) as a parameter of the objective."""
 
@@ -57,7 +57,7 @@ class LossSpec:
 
 
 def default_specs(
-    temperature: float = 0.07, learnable_temperature: bool = False
+    temperature: float = DEFAULT_TEMPERATURE, learnable_temperature: bool = False
 ) -> tuple[LossSpec, ...]:
     """VATT's losses: NCE(video, audio) in space va and MIL-NCE(video, text) in space vt."""
     return (

@@ -7,11 +7,16 @@ import math
 import torch
 from torch import Tensor, nn
 
+DEFAULT_TEMPERATURE = 0.07
+"""The contrastive losses' softmax temperature unless a config says otherwise (VATT's, CLIP's)."""
+
 
 class LearnableTemperature(nn.Module):
     """``forward()`` returns exp(log_temperature) clamped to [minimum, maximum]."""
 
-    def __init__(self, initial: float = 0.07, minimum: float = 0.01, maximum: float = 1.0) -> None:
+    def __init__(
+        self, initial: float = DEFAULT_TEMPERATURE, minimum: float = 0.01, maximum: float = 1.0
+    ) -> None:
         super().__init__()
         if not 0.0 < minimum <= initial <= maximum:
             raise ValueError(

@@ -29,7 +29,9 @@ from harmonia.config import (
 )
 from harmonia.data.config import BuildConfig
 from harmonia.errors import ConfigError
+from harmonia.harmonization.stats import NoisinessScore
 from harmonia.losses.objective import LossSpec, default_specs
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE
 from harmonia.models.config import ModelConfig
 from harmonia.models.sizes import SIZES
 
@@ -51,6 +53,10 @@ class DataConfig:
     val_split: str = "val"
     batch_size: int = 16
     num_workers: int = 0
+    cache: bool = False
+    """Keep decoded training samples in memory after their first decode (later epochs skip
+    decoding). Each loader worker keeps its own copy: about frames x height x width x 3 +
+    4 x audio samples bytes per sample and worker; use it when that fits."""
 
     def validate(self) -> None:
         check(bool(self.dir), "dir", "expected a dataset directory, got ''")
@@ -62,7 +68,7 @@ class DataConfig:
 class LossesConfig:
     """The contrastive losses; by default VATT's NCE(video, audio) and MIL-NCE(video, text)."""
 
-    temperature: float = 0.07
+    temperature: float = DEFAULT_TEMPERATURE
     learnable_temperature: bool = False
     specs: list[LossSpec] | None = None
     """Explicit losses (name, kind, space, modalities, ...); null: the default pair."""
@@ -92,6 +98,12 @@ class LedgerConfig:
     """Score reported for samples never seen."""
     conflict_threshold: float = 0.0
     """A score below this counts as a conflict."""
+    score: NoisinessScore = "gradient_norm"
+    """What is recorded per sample: ``gradient_norm`` (how much larger than the batch's a
+    sample's largest per-loss gradient is) or ``conflict`` (the paper's smallest cosine between
+    the losses' gradients); both in [-1, 1], low = suspected misaligned (docs/curriculum.md)."""
+    trace: bool = False
+    """Also write every per-sample observation (losses, gradient Gram) to conflict_trace.csv."""
 
     def validate(self) -> None:
         require_range(self, "decay", 0.0, 1.0, high_open=True)

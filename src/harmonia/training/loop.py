@@ -30,6 +30,7 @@ from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
 from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.harmonization.sampler import CurriculumSampler
+from harmonia.harmonization.stats import noisiness_scores
 from harmonia.losses import ContrastiveObjective, local_gather
 from harmonia.models import VATT, WordTokenizer
 from harmonia.training import data as train_data
@@ -41,7 +42,12 @@ from harmonia.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from harmonia.training.config import HarmonizeConfig, TrainConfig, load_train_config
+from harmonia.training.config import (
+    HarmonizeConfig,
+    LedgerConfig,
+    TrainConfig,
+    load_train_config,
+)
 from harmonia.training.distributed import (
     DistributedContext,
     by_name,
@@ -55,6 +61,7 @@ from harmonia.training.distributed import (
     wrap_model,
 )
 from harmonia.training.guard import BadStepGuard
+from harmonia.training.health import learning_health
 from harmonia.training.logging import MetricAccumulator, MetricLogger
 from harmonia.training.partition import RankEpochSampler
 from harmonia.training.resume import (
@@ -70,6 +77,7 @@ from harmonia.training.resume import (
 )
 from harmonia.training.schedule import WarmupCosine
 from harmonia.training.signals import StopRequest
+from harmonia.training.trace import TRACE_CSV, ConflictTrace
 from harmonia.training.validation import validate
 
 LEDGER_CSV = "ledger.csv"
@@ -146,7 +154,7 @@ def _train(
     dataset_dir = ctx.run_on_main(
         lambda: train_data.ensure_dataset(cfg.data, data_dir, progress=cfg.train.progress)
     )
-    train_set = train_data.open_split(dataset_dir, cfg.data.train_split)
+    train_set = train_data.open_split(dataset_dir, cfg.data.train_split, cache=cfg.data.cache)
     if len(train_set) < cfg.data.batch_size * ctx.world_size:
         per = f" x {ctx.world_size} processes" if ctx.is_distributed else ""
         raise ConfigError(
@@ -298,7 +306,19 @@ def _train(
         unit="step",
     )
     logger = MetricLogger(run_dir, resume_step=step if resume else None) if main else None
-    with StopRequest() as stop, logger or nullcontext(), closing(stream), bar:
+    trace_on = cfg.harmonize.ledger.trace
+    trace = (
+        ConflictTrace(run_dir / TRACE_CSV, [s.name for s in objective.specs])
+        if trace_on and main
+        else None
+    )
+    with (
+        StopRequest() as stop,
+        logger or nullcontext(),
+        closing(stream),
+        bar,
+        closing(trace) if trace is not None else nullcontext(),
+    ):
         model.train()
         while step < steps:
             tick = time.perf_counter()
@@ -310,7 +330,8 @@ def _train(
 
             with harmonizer.capture(encoder), autocast:
                 output = model(batch)
-                losses = objective.reduce(objective(output), output)
+                per_sample = objective(output)
+                losses = objective.reduce(per_sample, output)
             values = {name: float(loss.detach()) for name, loss in losses.items()}
             optimizer.zero_grad(set_to_none=True)
             lr = schedule(step)
@@ -328,10 +349,10 @@ def _train(
             if ok:
                 optimizer.step()
                 ctx.sync_harmonizer(harmonizer)
-                if ledger is not None and stats is not None and len(stats.score) == len(ids):
-                    # every rank's samples, so the ledgers (and the samplers' draws) agree
-                    for rank_ids, scores in ctx.all_gather_object((ids, stats.score.cpu())):
-                        ledger.update(rank_ids, scores, step)
+                if stats is not None and len(stats.gram) == len(ids):
+                    record_observations(
+                        ctx, ledger, trace, cfg.harmonize.ledger, step, ids, per_sample, stats.gram
+                    )
             else:
                 optimizer.zero_grad(set_to_none=True)
                 harmonizer.load_state_dict(harmonizer_state)
@@ -398,6 +419,12 @@ def _train(
         "skipped": all_skipped,
         "skipped_validation": list(val_skipped.values()),
         "final_metrics": last_row,
+        "learning": {
+            name: health.to_dict()
+            for name, health in learning_health(
+                last_row, cfg.data.batch_size * ctx.world_size, cfg.eval.batch_size
+            ).items()
+        },
         "dataset": str(dataset_dir),
         "device": str(device),
         "world_size": ctx.world_size,
@@ -415,6 +442,35 @@ def _train(
 
     ctx.run_on_main(finish)
     return summary
+
+
+def record_observations(
+    ctx: DistributedContext,
+    ledger: ConflictLedger | None,
+    trace: ConflictTrace | None,
+    options: LedgerConfig,
+    step: int,
+    ids: list[str],
+    per_sample: Mapping[str, torch.Tensor],
+    gram: torch.Tensor,
+) -> None:
+    """Fold one step's per-sample Grams into the ledger (and the trace), over every rank's samples.
+
+    The scores are computed on the global batch (the ``gradient_norm`` score compares each
+    sample with the batch median), so ledgers, and the curriculum sampler's draws, are the same
+    on every rank and equal to one process's.
+    """
+    if ledger is None and not options.trace:
+        return
+    losses = {n: v.detach().cpu() for n, v in per_sample.items()} if options.trace else {}
+    gathered = ctx.all_gather_object((ids, losses, gram.cpu()))
+    all_ids = [sample_id for rank_ids, _, _ in gathered for sample_id in rank_ids]
+    all_grams = torch.cat([g for _, _, g in gathered])
+    if ledger is not None:
+        ledger.update(all_ids, noisiness_scores(all_grams, options.score), step)
+    if trace is not None:
+        for rank_ids, rank_losses, rank_gram in gathered:
+            trace.write(step, rank_ids, rank_losses, rank_gram)
 
 
 def _stop(signal_name: str | None, checkpoint: Path, step: int, *, echo: bool = True) -> str:
