@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from harmonia.data.index import load_labels
-from harmonia.experiments.conflict_scores import Trace, compare, markdown, score_variants
+from harmonia.experiments.conflict_scores import (
+    Trace,
+    breakdown,
+    compare,
+    markdown,
+    score_variants,
+)
 from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.training.config import load_train_config
 from harmonia.training.loop import LEDGER_CSV, train
@@ -68,3 +74,6 @@ def test_the_comparison_scores_every_variant_against_the_flags(
     text = markdown(table)
     assert text.count("\n") == len(table) + 1 and "(n=1)" in text
     assert np.isfinite([v for t in table.values() for vs in t.values() for v in vs]).all()
+    # the tiny dataset has clean and misaligned triplets: both rows appear, with counts
+    rows = breakdown(Trace.read(traced), load_labels(tiny_dataset)).splitlines()
+    assert rows[2].startswith("| clean |") and any("wrong" in r for r in rows[3:])

@@ -18,6 +18,7 @@ from harmonia.data import load_labels
 from harmonia.evaluation.labels import noise_flag
 from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.reports import build_audit, plots
+from harmonia.training.health import judge
 from harmonia.training.logging import MetricLogger
 
 EVIL_ID = '<img src="x" onerror="alert(1)">'
@@ -76,7 +77,13 @@ def audit_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     ledger = ConflictLedger()
     ledger.update([*ids, EVIL_ID], torch.tensor([*scores, 0.9]), step=36)
     ledger.to_csv(run / "ledger.csv")
-    (run / "summary.json").write_text(json.dumps({"steps": 40, "skipped": []}))
+    learning = {
+        name: judge(name, train, held_out, 32, 64).to_dict()
+        for name, train, held_out in (("va", 1.5, 5.2), ("vt", 0.4, 1.0))
+    }
+    (run / "summary.json").write_text(
+        json.dumps({"steps": 40, "skipped": [], "learning": learning})
+    )
     (run / "eval.json").write_text(
         json.dumps({"split": "test", "zero_shot": {"digit": {"accuracy": 0.25}}})
     )
@@ -92,6 +99,7 @@ def test_report_has_every_section_and_is_self_contained(audit_run: Path, tmp_pat
         assert value.startswith(("data:", "#")), f"external {attr} on <{tag}>: {value[:60]}"
     text = out.html.read_text(encoding="utf-8")
     assert "zero-shot digit accuracy" in text  # eval.json summarized in the overview
+    assert "Learning health" in text and "memorizes" in text and "learned (76%" in text
     assert text.count('src="data:image/png;base64,') >= 5 + 4  # suspects' strips + figures
 
 

@@ -37,7 +37,11 @@ TABLE_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("linear probe video digit", ("linear_probe", "video/digit", "accuracy")),
     ("linear probe video motion", ("linear_probe", "video/motion", "accuracy")),
     ("linear probe audio digit", ("linear_probe", "audio/digit", "accuracy")),
+    ("held-out va loss (chance 3.466)", ("losses", "va", "loss")),
+    ("held-out vt loss (chance 3.466)", ("losses", "vt", "loss")),
     ("noise AUROC (ledger, train set)", ("noise_detection", "ledger", "any", "auroc")),
+    ("noise AUROC, wrong captions", ("noise_detection", "ledger", "text", "auroc")),
+    ("noise AUROC, wrong audio", ("noise_detection", "ledger", "audio", "auroc")),
 )
 
 
@@ -150,6 +154,18 @@ def lookup(result: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
     return float(node) if isinstance(node, (int, float)) else None
 
 
+def suspect_precision(run_dir: Path, data: Path, ks: tuple[int, ...] = (16, 100)) -> dict:
+    """Fraction truly misaligned among the ledger's k most suspect training samples."""
+    from harmonia.data.index import load_labels
+    from harmonia.evaluation.labels import noise_flag
+    from harmonia.evaluation.run_dir import RunDir
+
+    labels = load_labels(data)
+    flags = [noise_flag(labels[e.id]) for e in RunDir(run_dir).ledger() if e.id in labels]
+    known = [bool(f) for f in flags if f is not None]
+    return {f"P@{k}": (sum(known[:k]) / k if len(known) >= k else None) for k in ks}
+
+
 def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """A plain-text table: one row per metric, one column per run, plus the difference."""
     names = list(results)
@@ -168,6 +184,7 @@ def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from harmonia.data import describe, load_summary
     from harmonia.reports.audit import build_audit
+    from harmonia.training.health import LossHealth
 
     started = time.time()
     data = prepare_data(args)
@@ -191,6 +208,14 @@ def run(args: argparse.Namespace) -> int:
     (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n", "utf-8")
     print()
     print(table)
-    print(f"\naudit report: {audit.html}")
+    for name in results:
+        summary = json.loads((root / name / "summary.json").read_text(encoding="utf-8"))
+        for loss, health in summary.get("learning", {}).items():
+            print(f"[{name}] learning health: {LossHealth.from_dict(loss, health).sentence()}")
+    precision = suspect_precision(root / DEMO_RUNS[-1][0], data)
+    comparison["audit_precision"] = precision
+    (root / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n", "utf-8")
+    shown = ", ".join(f"{k}: {'-' if v is None else f'{v:.2f}'}" for k, v in precision.items())
+    print(f"\naudit report: {audit.html}; truly misaligned among the top suspects ({shown})")
     print(f"demo finished in {comparison['seconds']:.0f} s; everything is in {root}")
     return 0

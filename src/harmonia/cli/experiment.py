@@ -96,7 +96,7 @@ def run_conflict_scores(args: argparse.Namespace) -> int:
 
     from harmonia.data.index import load_labels
     from harmonia.evaluation.run_dir import RunDir
-    from harmonia.experiments.conflict_scores import Trace, compare, markdown
+    from harmonia.experiments.conflict_scores import Trace, breakdown, compare, markdown
     from harmonia.files import write_atomic
     from harmonia.training.trace import TRACE_CSV
 
@@ -108,6 +108,8 @@ def run_conflict_scores(args: argparse.Namespace) -> int:
         runs.append((Trace.read(path), labels))
     table = compare(runs)
     print(markdown(table))
+    for path, (trace, labels) in zip(args.runs, runs, strict=True):
+        print(f"\n{path}, second half of training:\n{breakdown(trace, labels)}")
     if args.json:
         write_atomic(Path(args.json), json.dumps(table, indent=2) + "\n")
     return 0

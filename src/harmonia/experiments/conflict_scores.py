@@ -114,8 +114,8 @@ def score_variants(a: str, b: str, decay: float = 0.9) -> dict[str, Score]:
         return np.where(denom > 0, t.gram(a, b) / np.where(denom > 0, denom, 1.0), 0.0)
 
     return {
-        "gradient cosine, EMA (paper; ledger default)": lambda t: _negated(
-            _ema(t, cosine(t), decay)
+        "gradient cosine, EMA (the paper's conflict score; ledger score 'conflict')": lambda t: (
+            _negated(_ema(t, cosine(t), decay))
         ),
         "gradient cosine, second half only": lambda t: _negated(
             _ema(t, cosine(t), decay, after=0.5)
@@ -188,4 +188,43 @@ def markdown(table: Mapping[str, Mapping[str, Iterable[float]]]) -> str:
                 spread = f" +- {values.std(ddof=1):.3f}" if values.size > 1 else ""
                 cells.append(f"{values.mean():.3f}{spread} (n={values.size})")
         lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def breakdown(
+    trace: Trace, labels: Mapping[str, Mapping[str, Any]], a: str = "va", b: str = "vt"
+) -> str:
+    """Per kind of triplet, over the second half of training: how the cosine and norms differ."""
+    late = trace.steps >= trace.total_steps // 2
+    norm_a = np.sqrt(np.clip(trace.gram(a, a), 0, None))
+    norm_b = np.sqrt(np.clip(trace.gram(b, b), 0, None))
+    denom = norm_a * norm_b
+    cos = np.where(denom > 0, trace.gram(a, b) / np.where(denom > 0, denom, 1.0), 0.0)
+
+    def kind(sample_id: str) -> str:
+        record = labels.get(sample_id, {})
+        text, audio = bool(record.get(TEXT_FLAG)), bool(record.get(AUDIO_FLAG))
+        return (
+            "both wrong"
+            if text and audio
+            else "wrong caption"
+            if text
+            else ("wrong audio" if audio else "clean")
+        )
+
+    kinds = np.array([kind(i) for i in trace.ids])
+    lines = [
+        f"| triplet | observations | mean cosine | P(cosine < 0) | median {a} grad norm | "
+        f"median {b} grad norm |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("clean", "wrong caption", "wrong audio", "both wrong"):
+        rows = late & (kinds == name)
+        if not rows.any():
+            continue
+        lines.append(
+            f"| {name} | {int(rows.sum())} | {cos[rows].mean():+.2f} | "
+            f"{np.mean(cos[rows] < 0):.2f} | {np.median(norm_a[rows]):.2e} | "
+            f"{np.median(norm_b[rows]):.2e} |"
+        )
     return "\n".join(lines)

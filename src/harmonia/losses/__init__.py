@@ -12,9 +12,10 @@ from harmonia.losses.objective import (
     LossSpec,
     default_specs,
 )
-from harmonia.losses.temperature import LearnableTemperature
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE, LearnableTemperature
 
 __all__ = [
+    "DEFAULT_TEMPERATURE",
     "ContrastiveObjective",
     "ContrastiveOutput",
     "Gather",

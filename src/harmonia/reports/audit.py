@@ -89,12 +89,24 @@ def build_audit(
         ("training", "Training curves", _training(records)),
         ("cosines", "Cosine distribution", _cosines(records)),
         ("curriculum", "Curriculum", _curriculum(records)),
-        ("scores", "Conflict scores", _scores(ledger, index, csv_path.name, csv_text)),
+        (
+            "scores",
+            "Noisiness scores",
+            _scores(ledger, index, csv_path.name, csv_text, _ledger_score(run)),
+        ),
         ("suspects", f"Top-{len(suspects)} suspects", _suspects(suspects, index, found, dataset)),
     ]
     meta = f"run <code>{esc(run.path)}</code> &middot; generated {esc(time.strftime('%Y-%m-%d %H:%M'))}"
     write_atomic(html_path, page(f"harmonia audit: {run.path.name}", meta, sections))
     return AuditOutputs(html=html_path, csv=csv_path, n_scored=len(ledger), n_shown=len(suspects))
+
+
+def _ledger_score(run: RunDir) -> str:
+    """The run's harmonize.ledger.score (runs from before the option recorded conflict)."""
+    harmonize = run.config().get("harmonize")
+    ledger = harmonize.get("ledger") if isinstance(harmonize, dict) else None
+    score = ledger.get("score") if isinstance(ledger, dict) else None
+    return score if isinstance(score, str) else "conflict"
 
 
 def _figure(fig: Figure | None, alt: str) -> str | None:
@@ -134,7 +146,7 @@ def _overview(
         pairs.append(("dataset", f"{dataset} ({len(index)} samples)"))
     else:
         pairs.append(("dataset", f"{dataset} not found (pass --data)"))
-    body = f"<div>{key_values(pairs)}</div>"
+    body = f"<div>{key_values(pairs)}{_learning(summary)}</div>"
     evaluation = _read_json(run.eval_path)
     if evaluation:
         split = evaluation.get("split", "?")
@@ -142,6 +154,25 @@ def _overview(
             f"<div><h3>Evaluation on '{esc(split)}' (eval.json)</h3>{_eval_table(evaluation)}</div>"
         )
     return section("overview", "Overview", f'<div class="figs">{body}</div>')
+
+
+def _learning(summary: Mapping[str, Any]) -> str:
+    """Per loss: did it learn? (summary.json ``learning``; its scores mean little otherwise)."""
+    from harmonia.training.health import LossHealth
+
+    learning = summary.get("learning")
+    if not isinstance(learning, dict) or not learning:
+        return ""
+    rows = []
+    for name, data in learning.items():
+        try:
+            health = LossHealth.from_dict(str(name), data)
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows.append((esc(name), esc(health.verdict), esc(health.sentence())))
+    if not rows:
+        return ""
+    return "<h3>Learning health</h3>" + table(["loss", "verdict", "numbers"], rows)
 
 
 def _short(value: object) -> str:
@@ -211,9 +242,10 @@ def _scores(
     index: Mapping[str, Mapping[str, Any]],
     csv_name: str,
     csv_text: str,
+    score_kind: str = "gradient_norm",
 ) -> str:
     if not ledger:
-        return section("scores", "Conflict scores", _missing("this run has no ledger.csv"))
+        return section("scores", "Noisiness scores", _missing("this run has no ledger.csv"))
     flags = [noise_flag(index[r.id]) if r.id in index else None for r in ledger]
     figure = _figure(plots.score_histogram_figure([r.score for r in ledger], flags), "scores")
     table_html = ""
@@ -231,6 +263,11 @@ def _scores(
                     f"{_fmt(res.average_precision)} (random: {res.prevalence:.3f})",
                 ),
                 ("precision among the lowest-scored n_misaligned", _fmt(res.precision_at_k)),
+                *(
+                    (f"precision among the {k} most suspect", _fmt(_precision_at(flags, k)))
+                    for k in (16, 100)
+                    if len(known) >= k
+                ),
             ]
         )
     link = (
@@ -240,12 +277,31 @@ def _scores(
     )
     return section(
         "scores",
-        "Conflict scores",
+        "Noisiness scores",
         f'<div class="figs">{figure or ""}<div>{table_html}{link}</div></div>',
-        "The ledger's score is the exponential moving average of a sample's gradient cosine "
-        "between the two losses; low (negative) means its caption and audio pull the video "
-        "representation apart, the signature of a misaligned triplet.",
+        SCORE_NOTES.get(score_kind, SCORE_NOTES["gradient_norm"]),
     )
+
+
+SCORE_NOTES = {
+    "gradient_norm": (
+        "The ledger's score (harmonize.ledger.score: gradient_norm) is the exponential moving "
+        "average of (1 - r) / (1 + r), r being how many times larger than the batch's median a "
+        "sample's largest per-loss gradient is: low (towards -1) means one loss keeps pulling "
+        "hard on this sample, the signature of a partner that does not fit (docs/curriculum.md)."
+    ),
+    "conflict": (
+        "The ledger's score (harmonize.ledger.score: conflict) is the exponential moving average "
+        "of a sample's gradient cosine between the two losses; low (negative) means its caption "
+        "and audio pull the video representation apart."
+    ),
+}
+
+
+def _precision_at(flags: Sequence[bool | None], k: int) -> float | None:
+    """Fraction misaligned among the ``k`` most suspect samples with ground truth."""
+    known = [f for f in flags if f is not None][:k]
+    return sum(known) / len(known) if known else None
 
 
 def _fmt(value: float | None) -> str:

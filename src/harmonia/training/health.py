@@ -44,13 +44,13 @@ class LossHealth:
             where += f", held-out {self.held_out:.2f} (chance {self.held_out_chance:.2f})"
         if self.verdict == "near chance":
             return (
-                f"{self.name}: {where}: near chance, its gradient is mostly noise and its "
-                "conflicts say little about misalignment"
+                f"{self.name}: {where}: near chance: it has learned nothing yet, so its "
+                "gradients carry no signal about misalignment"
             )
         if self.verdict == "memorizes":
             return (
-                f"{self.name}: {where}: fits the training pairs but not held-out ones "
-                "(memorization); its conflicts say little about misalignment"
+                f"{self.name}: {where}: fits the training pairs but not the held-out ones "
+                "(memorization, or held-out data unlike the training data)"
             )
         assert self.held_out is not None
         below = 100 * (1 - self.held_out / self.held_out_chance)
