@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from harmonia.cli.data import (
     build_config,
     load_source,
 )
+from harmonia.errors import HarmoniaError
 from harmonia.files import write_atomic
 
 # (run name, shipped config): the baseline first, then the harmonized model.
@@ -88,9 +92,6 @@ def prepare_data(args: argparse.Namespace) -> Path:
 def demo_source(source: str | None) -> str | None:
     """The source to build from: as given, else $HARMONIA_DATA or a complete fetch cache, else
     a fresh `harmonia data fetch` (checksummed), and only when that fails the built-in set."""
-    import os
-    import sys
-
     from harmonia.data.fetch import fetch_sources
     from harmonia.data.sources import BUILTIN, ENV_DATA, default_cache, fetch_complete
     from harmonia.errors import DataError
@@ -109,21 +110,66 @@ def demo_source(source: str | None) -> str | None:
     return None
 
 
-def train_run(name: str, config: str, run_dir: Path, data: Path, overrides: list[str]) -> None:
-    """Train one demo run, keeping a finished one and resuming a stopped one."""
-    from harmonia.training.checkpoint import latest_checkpoint
-    from harmonia.training.loop import MODEL_DIR, train_named
+def train_runs(runs: list[tuple[str, str]], root: Path, data: Path, overrides: list[str]) -> None:
+    """Train, then evaluate, the demo runs side by side: one process each, sharing the CPUs.
 
-    if (run_dir / MODEL_DIR).is_dir():
-        print(f"[{name}] already trained: {run_dir / MODEL_DIR}")
+    Independent runs on one thread each finish sooner than one after the other on all threads.
+    A finished run (or evaluation) is kept, a stopped run resumes; only the last run draws a
+    progress bar, the others write RUN/train.log (evaluations RUN/eval.log).
+    """
+    from harmonia.training.loop import MODEL_DIR
+
+    for name, _ in runs:
+        if (root / name / MODEL_DIR).is_dir():
+            print(f"[{name}] already trained: {root / name / MODEL_DIR}")
+    todo = [(n, c) for n, c in runs if not (root / n / MODEL_DIR).is_dir()]
+    trains = []
+    for i, (name, config) in enumerate(todo):
+        last = i == len(todo) - 1
+        args = ["train", config, "--out", str(root / name), "--data", str(data), "--resume"]
+        args += ([] if last else ["--no-progress"]) + overrides
+        trains.append((name, args, None if last else root / name / "train.log"))
+    _in_parallel(trains)
+    for name, _ in todo:
+        summary = json.loads((root / name / "summary.json").read_text(encoding="utf-8"))
+        if summary["status"] != "finished":
+            raise HarmoniaError(f"[{name}] {summary['status']}; run `make demo` again to resume")
+    evals = [
+        (name, ["eval", str(root / name), "--data", str(data)], root / name / "eval.log")
+        for name, _ in runs
+        if not (root / name / "eval.json").is_file()
+    ]
+    _in_parallel(evals)
+
+
+def _in_parallel(jobs: Sequence[tuple[str, list[str], Path | None]]) -> None:
+    """Run ``harmonia ARGS`` for all jobs at once, the CPUs split between them; each job's
+    output goes to its log file (None: this terminal)."""
+    if not jobs:
         return
-    resume = latest_checkpoint(run_dir) is not None
-    print(f"[{name}] {'resuming' if resume else 'training'} config '{config}' into {run_dir}")
-    summary = train_named(config, run_dir, overrides, data_dir=data, resume=resume)
-    if summary["status"] != "finished":
-        from harmonia.errors import HarmoniaError
-
-        raise HarmoniaError(f"[{name}] {summary['status']}; run `make demo` again to resume")
+    threads = max(1, len(os.sched_getaffinity(0)) // len(jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    started = []
+    for name, args, log in jobs:
+        where = f", log {log}" if log is not None else ""
+        print(f"[{name}] harmonia {' '.join(args[:2])} ({threads} thread(s){where})", flush=True)
+        out = None
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            out = log.open("w", encoding="utf-8")
+        command = [sys.executable, "-m", "harmonia", *args]
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+        started.append((name, log, out, process))
+    failed = []
+    for name, log, out, process in started:
+        if process.wait() != 0:
+            failed.append(
+                f"[{name}] exited with {process.returncode}" + (f" ({log})" if log else "")
+            )
+        if out is not None:
+            out.close()
+    if failed:
+        raise HarmoniaError("; ".join(failed))
 
 
 def evaluate_run(run_dir: Path, data: Path) -> dict[str, Any]:
@@ -193,8 +239,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     root = Path(args.run_dir)
     results: dict[str, dict[str, Any]] = {}
-    for name, config in DEMO_RUNS:
-        train_run(name, config, root / name, data, list(args.overrides))
+    train_runs(list(DEMO_RUNS), root, data, list(args.overrides))
+    for name, _ in DEMO_RUNS:
         results[name] = evaluate_run(root / name, data)
     audit = build_audit(root / DEMO_RUNS[-1][0], data_dir=data)
     table = comparison_table(results)
