@@ -53,16 +53,17 @@ def test_mp4_round_trip_has_exact_shapes_and_aligned_audio(spec: MediaSpec) -> N
 
 
 def test_decode_rejects_a_spec_mismatch() -> None:
-    spec = MediaSpec(frames=4, fps=4, sample_rate=8000)
+    size = {"height": 64, "width": 64}
+    spec = MediaSpec(frames=4, fps=4, sample_rate=8000, **size)
     data = encode_mp4(
         np.zeros((4, 64, 64, 3), np.uint8), np.zeros(spec.audio_samples, np.float32), spec
     )
     with pytest.raises(CorruptMedia, match="32x32"):
         decode_mp4(data, MediaSpec(frames=4, fps=4, sample_rate=8000, height=32, width=32))
     with pytest.raises(CorruptMedia, match="4 frames, expected 8"):
-        decode_mp4(data, MediaSpec(frames=8, fps=8, sample_rate=8000))
+        decode_mp4(data, MediaSpec(frames=8, fps=8, sample_rate=8000, **size))
     with pytest.raises(CorruptMedia, match="Hz"):
-        decode_mp4(data, MediaSpec(frames=4, fps=4, sample_rate=16000))
+        decode_mp4(data, MediaSpec(frames=4, fps=4, sample_rate=16000, **size))
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ def test_sample_captions_are_distinct_and_bounded() -> None:
 
 
 def test_render_identity_copies_the_glyph_and_trajectories_stay_in_class() -> None:
-    spec = MediaSpec()
+    spec = MediaSpec(height=64, width=64)  # a 28-px glyph at scale 1
     glyph = np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)
     frames = render_frames(glyph, Trajectory((32.0, 32.0), (32.0, 32.0), 28.0, 28.0, 1.0), spec)
     assert np.array_equal(frames[0, 18:46, 18:46, 0], glyph)

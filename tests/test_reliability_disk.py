@@ -53,14 +53,14 @@ def one_line(err: str) -> str:
     ("limit", "failing"),
     [
         pytest.param(64 * 1024, "safetensors", marks=pytest.mark.slow),
-        (2_200_000, "torch.save"),
+        (1_200_000, "torch.save"),
     ],
     ids=["model-weights", "training-state"],
 )
 def test_disk_full_at_a_checkpoint(
     tmp_path: Path, tiny_dataset: Path, limit: int, failing: str
 ) -> None:
-    """The weights (1.5 MB) or the optimizer state (3 MB) of checkpoint 3 do not fit."""
+    """The weights (0.7 MB) or the optimizer state (2.1 MB) of checkpoint 3 do not fit."""
     run = tmp_path / "run"
     code, _, err = finish(start(argv(run, tiny_dataset), f"fsize:{limit}:2"))
     line = one_line(err)

@@ -181,7 +181,7 @@ def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype)
     which verifies that it treats samples independently. Random operations (dropout in training
     mode) cannot be replayed and are rejected.
     """
-    params = {name: p.detach() for name, p in unit_parameters(module).items()}
+    params = {name: _whole(p.detach()) for name, p in unit_parameters(module).items()}
     on_path = next(g for g in traced[0].grads if g is not None)
     tasks, batch = len(on_path), on_path[0].shape[0]
     if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
@@ -196,6 +196,16 @@ def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype)
             total[name] = total[name] + g if name in total else g
     flat = _cat([g.reshape(batch, tasks, -1).to(dtype) for g in total.values()], -1)
     return flat_gram(flat.unbind(1))
+
+
+def _whole(param: Tensor) -> Tensor:
+    """A parameter as one plain tensor: FSDP2 keeps sharded DTensors between forward passes.
+
+    ``full_tensor`` is a collective; every rank runs the same rules in the same order.
+    """
+    from torch.distributed.tensor import DTensor
+
+    return param.full_tensor() if isinstance(param, DTensor) else param
 
 
 def _per_sample_grads(
@@ -264,9 +274,15 @@ def _close(a: Tensor, b: Tensor) -> bool:
         return False
     if not a.is_floating_point():
         return bool(torch.equal(a, b))
-    tolerance = 1e-10 if a.dtype == torch.float64 else 1e-4 if a.dtype == torch.float32 else 2e-2
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    return bool((a - b).abs().max() <= tolerance * (1.0 + scale)) if b.numel() else True
+    # the coarser of the two precisions (under autocast the captured output may be bf16 while
+    # the recomputation, outside autocast, is float32)
+    dtypes = {a.dtype, b.dtype}
+    half = bool(dtypes & {torch.bfloat16, torch.float16})
+    tolerance = 2e-2 if half else 1e-4 if torch.float32 in dtypes else 1e-10
+    if not b.numel():
+        return True
+    scale = float(b.abs().max())
+    return bool((a.double() - b.double()).abs().max() <= tolerance * (1.0 + scale))
 
 
 def rule_for(module: nn.Module) -> Rule:

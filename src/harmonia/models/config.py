@@ -101,6 +101,7 @@ class StemConfig:
 
     def validate(self) -> None:
         check(len(self.channels) >= 1, "channels", "expected at least one stage")
+        require_positive(self, "groups")
         for i, c in enumerate(self.channels):
             check(c > 0, f"channels[{i}]", f"expected a positive integer, got {c}")
             check(
@@ -108,7 +109,6 @@ class StemConfig:
                 "groups",
                 f"{self.groups} groups must divide channels[{i}] = {c}",
             )
-        require_positive(self, "groups")
         check(
             len(self.kernel) in (2, 3), "kernel", f"expected 2 or 3 sizes, got {list(self.kernel)}"
         )

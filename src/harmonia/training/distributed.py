@@ -352,10 +352,10 @@ def check_supported(strategy: str, space: str, encoder: nn.Module | None = None)
     """Refuse a strategy / harmonization space pair that would fail or be inexact (ConfigError).
 
     Under FSDP2 the layers' weights are sharded once the forward is done: space ``batch``
-    differentiates with respect to them and is refused; space ``parameters`` is exact when
-    every parameter-owning layer of the anchor ``encoder`` has a Gram rule that needs only
-    the layer's inputs and output gradients (Linear, LayerNorm, RMSNorm, Embedding: all of
-    VATT), and refused otherwise.
+    differentiates with respect to them and is refused; space ``parameters`` is exact: the
+    native Gram rules need only a layer's inputs and output gradients, and the ``torch.func``
+    fallback (convs, GroupNorm) gathers the layer's full weights itself. ``encoder`` is kept for
+    callers; nothing about it is refused any more.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(
@@ -369,17 +369,8 @@ def check_supported(strategy: str, space: str, encoder: nn.Module | None = None)
             "with respect to the encoder's weights, which FSDP shards); use embedding or "
             "parameters, or strategy ddp"
         )
-    if space == "parameters" and encoder is not None:
-        from harmonia.harmonization.capture import owners
-        from harmonia.harmonization.layer_grams import functional_gram, rule_for
-
-        for name, module in owners(encoder):
-            if rule_for(module) is functional_gram:
-                raise ConfigError(
-                    f"distributed strategy fsdp cannot harmonize in space 'parameters': layer "
-                    f"{name} ({type(module).__name__}) needs its full weights after the forward, "
-                    "which FSDP shards; use strategy ddp or space embedding"
-                )
+    # space 'parameters' works: native rules need no weights, and the torch.func fallback
+    # gathers a sharded layer's full weights itself (a collective, same order on every rank)
 
 
 _COLLECTIVE_FAILURES = (
