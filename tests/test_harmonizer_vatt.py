@@ -56,8 +56,26 @@ FRONT_ENDS = {
         "video": {"shape": [4, 32, 32, 3], "patch": [2, 16, 16], "drop_token": 0.25},
         "audio": {"shape": [1280], "patch": [160], "drop_token": 0.25},
     },
-    # conv stems on both signals (Conv3d + GroupNorm per frame, Conv2d over log-mel frames)
+    # conv stems on both signals: per-frame Conv3d + GroupNorm (the native conv rule),
+    # Conv2d over log-mel frames (native too)
     "stems": {
+        "video": {
+            "shape": [4, 16, 16, 3],
+            "patch": [2, 8, 8],
+            "drop_token": 0.25,
+            "stem": {"channels": [4, 4], "kernel": [1, 3, 3], "pool": [1, 2, 2], "groups": 2},
+        },
+        "audio": {
+            "shape": [1280],
+            "patch": [320],
+            "drop_token": 0.25,
+            "features": "log_mel",
+            "log_mel": {"mel_bins": 8},
+            "stem": {"channels": [4], "kernel": [3, 3], "pool": [2, 2], "groups": 2},
+        },
+    },
+    # a 3x3x3 Conv3d has no native rule: the torch.func fallback
+    "stems-3d": {
         "video": {
             "shape": [4, 16, 16, 3],
             "patch": [2, 8, 8],

@@ -5,7 +5,8 @@ is determined by the call's inputs and the gradient ``d_k`` arriving at its outp
 returns ``[B, M, M]``: ``<grad_ik, grad_il>`` summed over the module's parameters (and over all
 its calls on the anchor path, cross terms included). Native rules cover `nn.Linear` (ghost
 inner products or materialized per-sample gradients, whichever costs fewer operations),
-`nn.LayerNorm`, `nn.RMSNorm` and `nn.Embedding`; any other module falls back to `torch.func`
+`nn.LayerNorm`, `nn.RMSNorm`, `nn.Embedding` and plain `nn.Conv2d` / per-frame `nn.Conv3d`
+(stride 1, one group); any other module falls back to `torch.func`
 (``vmap`` over samples of ``vjp`` of the module's functional form), which also verifies that the
 module treats samples independently.
 """
@@ -130,6 +131,53 @@ def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
         per_sample = [(a_part @ dk[start : start + chunk]).flatten(1) for dk in d]
         parts.append(flat_gram(per_sample))
     return _cat(parts, 0)
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    """A Conv2d, or a Conv3d with a temporal kernel of 1, of stride 1, no dilation, one group."""
+    if not (_forward_is(module, nn.Conv2d) or _forward_is(module, nn.Conv3d)):
+        return False
+    assert isinstance(module, nn.Conv2d | nn.Conv3d)
+    ok = module.groups == 1 and module.padding_mode == "zeros"
+    ok = ok and all(s == 1 for s in module.stride) and all(d == 1 for d in module.dilation)
+    ok = ok and isinstance(module.padding, tuple)
+    if isinstance(module, nn.Conv3d):
+        ok = ok and module.kernel_size[0] == 1 and module.padding[0] == 0  # type: ignore[index]
+    return ok
+
+
+def conv_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
+    """``nn.Conv2d`` / per-frame ``nn.Conv3d``: a linear layer over unfolded input patches.
+
+    The per-sample weight gradient is ``sum_p d_p a_p^T`` over output positions ``p``, with
+    ``a_p`` the input patch under the kernel at ``p`` (im2col), so `linear_weight_gram` applies
+    with positions as rows; the bias gradient is ``sum_p d_p``.
+    """
+    assert isinstance(module, nn.Conv2d | nn.Conv3d)
+    batch = traced[0].grad[0].shape[0]
+    kernel = tuple(module.kernel_size[-2:])
+    padding = tuple(int(p) for p in module.padding[-2:])  # type: ignore[index, call-overload]
+    rows = []
+    for t in traced:
+        x = _input(t.call).to(dtype)
+        if x.dim() == 5:  # [B, C, T, H, W] -> frames [B*T, C, H, W]
+            x = x.transpose(1, 2).flatten(0, 1)
+        cols = F.unfold(x, kernel, padding=padding)  # [B*T, C*kh*kw, H'*W']
+        rows.append(cols.transpose(1, 2).reshape(batch, -1, cols.shape[1]))
+
+    def shape(g: Tensor) -> Tensor:
+        # [B, O, (T,) H', W'] -> [B, positions, O] in the order of the unfolded rows
+        g = g.transpose(1, 2) if g.dim() == 5 else g.unsqueeze(1)  # [B, T, O, H', W']
+        return g.flatten(3).transpose(2, 3).reshape(batch, -1, module.out_channels)
+
+    a = _cat(rows, 1)
+    d = _per_loss(traced, shape, dtype)
+    gram = a.new_zeros(batch, len(d), len(d))
+    if module.weight.requires_grad:
+        gram = gram + linear_weight_gram(a, d)
+    if module.bias is not None and module.bias.requires_grad:
+        gram = gram + flat_gram([dk.sum(1) for dk in d])
+    return gram
 
 
 def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
@@ -293,6 +341,8 @@ def rule_for(module: nn.Module) -> Rule:
         return norm_gram
     if _forward_is(module, nn.Embedding):
         return embedding_gram
+    if _plain_conv(module):
+        return conv_gram
     return functional_gram
 
 
