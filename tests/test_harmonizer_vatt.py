@@ -74,22 +74,13 @@ FRONT_ENDS = {
             "stem": {"channels": [4], "kernel": [3, 3], "pool": [2, 2], "groups": 2},
         },
     },
-    # a 3x3x3 Conv3d has no native rule: the torch.func fallback
-    "stems-3d": {
-        "video": {
-            "shape": [4, 16, 16, 3],
-            "patch": [2, 8, 8],
-            "drop_token": 0.25,
-            "stem": {"channels": [4, 4], "kernel": [3, 3, 3], "pool": [1, 2, 2], "groups": 2},
-        },
-        "audio": {
-            "shape": [1280],
-            "patch": [320],
-            "drop_token": 0.25,
-            "features": "log_mel",
-            "log_mel": {"mel_bins": 8},
-            "stem": {"channels": [4], "kernel": [3, 3], "pool": [2, 2], "groups": 2},
-        },
+}
+# a 3x3x3 Conv3d has no native rule: the torch.func fallback
+FRONT_ENDS["stems-3d"] = {
+    **FRONT_ENDS["stems"],
+    "video": {
+        **FRONT_ENDS["stems"]["video"],
+        "stem": {**FRONT_ENDS["stems"]["video"]["stem"], "kernel": [3, 3, 3]},
     },
 }
 

@@ -26,7 +26,6 @@ from harmonia.cli.data import (
     load_source,
 )
 from harmonia.errors import HarmoniaError
-from harmonia.files import write_atomic
 
 # (run name, shipped config): the baseline first, then the harmonized model.
 DEMO_RUNS: tuple[tuple[str, str], ...] = (("baseline", "demo"), ("harmonized", "demo-harmonized"))
@@ -172,21 +171,11 @@ def _in_parallel(jobs: Sequence[tuple[str, list[str], Path | None]]) -> None:
         raise HarmoniaError("; ".join(failed))
 
 
-def evaluate_run(run_dir: Path, data: Path) -> dict[str, Any]:
-    """Evaluate a finished run on the test split; RUN/eval.json is written and reused."""
-    from harmonia.evaluation.evaluate import evaluate
+def evaluate_run(run_dir: Path) -> dict[str, Any]:
+    """The eval.json that `train_runs` had `harmonia eval` write for a run."""
     from harmonia.evaluation.run_dir import RunDir
-    from harmonia.models import VATT
 
-    run = RunDir(run_dir)
-    if run.eval_path.is_file():
-        cached: dict[str, Any] = json.loads(run.eval_path.read_text(encoding="utf-8"))
-        return cached
-    model = VATT.from_pretrained(run.require_model())
-    result = evaluate(
-        model, data, "test", ledger=run.ledger(), progress=True, temperature=run.temperature()
-    )
-    write_atomic(run.eval_path, json.dumps(result, indent=2) + "\n")
+    result: dict[str, Any] = json.loads(RunDir(run_dir).eval_path.read_text(encoding="utf-8"))
     return result
 
 
@@ -241,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     train_runs(list(DEMO_RUNS), root, data, list(args.overrides))
     for name, _ in DEMO_RUNS:
-        results[name] = evaluate_run(root / name, data)
+        results[name] = evaluate_run(root / name)
     audit = build_audit(root / DEMO_RUNS[-1][0], data_dir=data)
     table = comparison_table(results)
     comparison = {

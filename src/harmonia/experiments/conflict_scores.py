@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from harmonia.evaluation.labels import AUDIO_FLAG, TEXT_FLAG, noise_flag
 from harmonia.evaluation.noise_detection import detection_metrics
+from harmonia.harmonization.stats import noisiness_scores
 from harmonia.training.resume import SUMMARY_FILE
 from harmonia.training.trace import TRACE_CSV
 
@@ -92,10 +94,20 @@ def _per_step_scale(trace: Trace, values: np.ndarray) -> np.ndarray:
 
 
 def _norm_balance(trace: Trace, a: str, b: str) -> np.ndarray:
-    """The ledger's ``gradient_norm`` score replayed: (1 - r) / (1 + r), r the larger ratio."""
-    ratios = [_per_step_scale(trace, np.sqrt(np.clip(trace.gram(k, k), 0, None))) for k in (a, b)]
-    r = np.maximum(*ratios)
-    return (1 - r) / (1 + r)
+    """The ledger's ``gradient_norm`` score replayed with its own function, step by step."""
+    gram = np.stack(
+        [
+            np.stack([trace.gram(a, a), trace.gram(a, b)], -1),
+            np.stack([trace.gram(a, b), trace.gram(b, b)], -1),
+        ],
+        -2,
+    )
+    out = np.empty(len(trace.steps))
+    for step in np.unique(trace.steps):
+        rows = trace.steps == step
+        batch = torch.from_numpy(gram[rows])
+        out[rows] = noisiness_scores(batch, "gradient_norm").numpy()
+    return out
 
 
 Score = Callable[[Trace], dict[str, float]]

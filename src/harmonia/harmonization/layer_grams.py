@@ -100,10 +100,16 @@ def linear_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> 
     batch = traced[0].grad[0].shape[0]
     a = _cat([_input(t.call).reshape(batch, -1, module.in_features) for t in traced], 1).to(dtype)
     d = _per_loss(traced, lambda g: g.reshape(batch, -1, module.out_features), dtype)
-    gram = a.new_zeros(batch, len(d), len(d))
+    return _weight_and_bias_gram(module, a, d)
+
+
+def _weight_and_bias_gram(module: nn.Module, a: Tensor, d: Sequence[Tensor]) -> Tensor:
+    """Gram of a layer that is linear in rows ``a [B, T, I]`` with output gradients ``d[k]``."""
+    gram = a.new_zeros(a.shape[0], len(d), len(d))
     if module.weight.requires_grad:
         gram = gram + linear_weight_gram(a, d)
-    if module.bias is not None and module.bias.requires_grad:
+    bias = getattr(module, "bias", None)
+    if bias is not None and bias.requires_grad:
         gram = gram + flat_gram([dk.sum(1) for dk in d])
     return gram
 
@@ -170,14 +176,7 @@ def conv_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Te
         g = g.transpose(1, 2) if g.dim() == 5 else g.unsqueeze(1)  # [B, T, O, H', W']
         return g.flatten(3).transpose(2, 3).reshape(batch, -1, module.out_channels)
 
-    a = _cat(rows, 1)
-    d = _per_loss(traced, shape, dtype)
-    gram = a.new_zeros(batch, len(d), len(d))
-    if module.weight.requires_grad:
-        gram = gram + linear_weight_gram(a, d)
-    if module.bias is not None and module.bias.requires_grad:
-        gram = gram + flat_gram([dk.sum(1) for dk in d])
-    return gram
+    return _weight_and_bias_gram(module, _cat(rows, 1), _per_loss(traced, shape, dtype))
 
 
 def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
