@@ -67,3 +67,12 @@ def test_error_norm_is_low_for_matched_pairs_and_high_for_swapped() -> None:
         scores.numpy(), [True, True, False, False, False, False], higher_is_noisier=True
     )
     assert res.auroc == 1.0
+
+
+def test_precision_at_k_counts_only_samples_with_ground_truth() -> None:
+    from harmonia.evaluation.noise_detection import precision_at
+
+    ranked = [True, None, False, True, None, True]
+    assert precision_at(ranked, 2) == 0.5  # True, False (the unknown one is skipped)
+    assert precision_at(ranked, 4) == 0.75
+    assert precision_at(ranked, 5) is None  # only 4 known

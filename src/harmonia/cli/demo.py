@@ -193,12 +193,12 @@ def suspect_precision(run_dir: Path, data: Path, ks: tuple[int, ...] = (16, 100)
     """Fraction truly misaligned among the ledger's k most suspect training samples."""
     from harmonia.data.index import load_labels
     from harmonia.evaluation.labels import noise_flag
+    from harmonia.evaluation.noise_detection import precision_at
     from harmonia.evaluation.run_dir import RunDir
 
     labels = load_labels(data)
     flags = [noise_flag(labels[e.id]) for e in RunDir(run_dir).ledger() if e.id in labels]
-    known = [bool(f) for f in flags if f is not None]
-    return {f"P@{k}": (sum(known[:k]) / k if len(known) >= k else None) for k in ks}
+    return {f"P@{k}": precision_at(flags, k) for k in ks}
 
 
 def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:

@@ -7,6 +7,7 @@ passed with `higher_is_noisier=False` and negated before scoring.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,13 @@ def detection_metrics(
         prevalence=n_noisy / y.size,
         orientation=orientation,
     )
+
+
+def precision_at(flags: Sequence[bool | None], k: int) -> float | None:
+    """Fraction misaligned among the first ``k`` of a most-suspect-first ranking's samples with
+    ground truth (``flags``: None where unknown); None when fewer than ``k`` are known."""
+    known = [bool(f) for f in flags if f is not None][:k]
+    return sum(known) / k if len(known) == k and k > 0 else None
 
 
 def error_norm(similarity: Tensor, temperature: float = DEFAULT_TEMPERATURE) -> Tensor:

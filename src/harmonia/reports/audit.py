@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from harmonia.data.index import load_labels
 from harmonia.errors import HarmoniaError
 from harmonia.evaluation.labels import NOISE_FLAGS, noise_flag
-from harmonia.evaluation.noise_detection import detection_metrics
+from harmonia.evaluation.noise_detection import detection_metrics, precision_at
 from harmonia.evaluation.run_dir import RunDir
 from harmonia.files import write_atomic
 from harmonia.harmonization.ledger import LedgerEntry
@@ -264,7 +264,7 @@ def _scores(
                 ),
                 ("precision among the lowest-scored n_misaligned", _fmt(res.precision_at_k)),
                 *(
-                    (f"precision among the {k} most suspect", _fmt(_precision_at(flags, k)))
+                    (f"precision among the {k} most suspect", _fmt(precision_at(flags, k)))
                     for k in (16, 100)
                     if len(known) >= k
                 ),
@@ -296,12 +296,6 @@ SCORE_NOTES = {
         "and audio pull the video representation apart."
     ),
 }
-
-
-def _precision_at(flags: Sequence[bool | None], k: int) -> float | None:
-    """Fraction misaligned among the ``k`` most suspect samples with ground truth."""
-    known = [f for f in flags if f is not None][:k]
-    return sum(known) / len(known) if known else None
 
 
 def _fmt(value: float | None) -> str:
