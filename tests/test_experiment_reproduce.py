@@ -22,8 +22,8 @@ from harmonia.data.config import BuildConfig
 from harmonia.data.sources import SourceData
 from harmonia.experiments.analysis import Stat, paired, verdict
 from harmonia.experiments.datasets import extra_view
-from harmonia.experiments.plan import BUDGETS, VARIANTS, Budget, make_plan
-from harmonia.experiments.runner import run_one
+from harmonia.experiments.plan import BUDGETS, VARIANTS, Budget, RunSpec, make_plan
+from harmonia.experiments.runner import fingerprint, run_all, run_one
 from harmonia.experiments.study import reproduce
 
 
@@ -216,3 +216,45 @@ def test_a_run_dir_of_another_config_is_retrained_not_resumed(smoke_study: dict[
     result = run_one(spec, shorter, dataset, run_dir)
     assert result["train"]["steps"] == shorter.steps  # a resume would have kept the longer run
     assert result["fingerprint"] != first["results"][0]["fingerprint"]
+
+
+def test_filtering_runs_retrain_without_their_baselines_suspects(
+    smoke_study: dict[str, Any],
+) -> None:
+    root, outcome = smoke_study["root"], smoke_study["outcome"]
+    runs = root / "work" / "runs"
+    filtered = [r for r in outcome["results"] if r["spec"]["variant"] == "filter"]
+    assert filtered and len(filtered) == len(SMOKE.noise_rates) * SMOKE.seeds
+    for result in filtered:
+        spec = RunSpec(**result["spec"])
+        summary = json.loads((runs / spec.name / "summary.json").read_text())
+        # a missing ledger fails the run, so this also shows it waited for its baseline
+        assert summary["dropped_suspects"] == round(0.3 * SMOKE.train)
+        assert spec.ledger_from == dataclasses.replace(spec, variant="baseline").name
+    # baseline-based runs keep a trace, so every ledger score is replayed on the same observations
+    traced = [r for r in outcome["results"] if r["spec"]["variant"] in ("baseline", "filter")]
+    assert all(set(r["ledger_scores"]) == {"conflict", "gradient_norm", "loss"} for r in traced)
+
+
+def test_a_filtering_run_is_identified_by_its_ledgers_content(tmp_path: Path) -> None:
+    ledger = tmp_path / "a" / "ledger.csv"
+    ledger.parent.mkdir()
+    ledger.write_text("id,score,conflicts,seen,last_step,rank\nx,-0.5,1,1,0,1\n")
+    config = {"data": {"dir": "d", "drop_suspects": {"ledger": str(ledger), "fraction": 0.3}}}
+    first = fingerprint(config, "sum")
+    moved = tmp_path / "b" / "ledger.csv"
+    moved.parent.mkdir()
+    moved.write_bytes(ledger.read_bytes())
+    config_moved = {"data": {"dir": "d", "drop_suspects": {"ledger": str(moved), "fraction": 0.3}}}
+    assert fingerprint(config_moved, "sum") == first
+    ledger.write_text("id,score,conflicts,seen,last_step,rank\nx,-0.9,1,1,0,1\n")
+    assert fingerprint(config, "sum") != first
+
+
+def test_a_filtering_run_without_its_baseline_fails_with_a_reason(
+    smoke_study: dict[str, Any], tmp_path: Path
+) -> None:
+    spec = RunSpec("ablation", "filter", 0.4, 0, "noise40")
+    dataset = smoke_study["root"] / "work" / "data" / "noise40"
+    results = run_all([(spec, dataset, tmp_path / "runs" / spec.name)], SMOKE, jobs=1)
+    assert results[spec.name]["error"] == f"needs {spec.ledger_from}, not planned"

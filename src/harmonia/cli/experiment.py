@@ -98,7 +98,7 @@ def run_conflict_scores(args: argparse.Namespace) -> int:
     from harmonia.evaluation.run_dir import RunDir
     from harmonia.experiments.conflict_scores import Trace, breakdown, compare, markdown
     from harmonia.files import write_atomic
-    from harmonia.training.trace import TRACE_CSV
+    from harmonia.training.layout import TRACE_CSV
 
     runs = []
     for path in map(Path, args.runs):

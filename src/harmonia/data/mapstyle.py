@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +30,8 @@ class ShardDataset(Dataset[dict[str, Any]]):
     record {"skipped": {"key", "shard", "reason"}}. Labels are not loaded. With verify=True a
     member whose bytes no longer match the SHA-256 in the index is reported as corrupt too.
 
+    Samples whose id is in ``exclude`` are left out (e.g. the suspects a ledger names).
+
     With cache=True each decoded sample is kept in memory after its first read, so later epochs
     skip decoding (on CPU, decoding a clip costs about as much as its share of a training step).
     Each loader worker process keeps its own cache; corrupt samples are never cached.
@@ -42,10 +44,12 @@ class ShardDataset(Dataset[dict[str, Any]]):
         *,
         verify: bool = True,
         cache: bool = False,
+        exclude: Collection[str] = (),
     ) -> None:
         self.root = Path(root)
         self.spec = load_media_spec(self.root)
-        records = read_index(self.root, split)
+        dropped = set(exclude)
+        records = [r for r in read_index(self.root, split) if r["id"] not in dropped]
         if not records:
             raise DataError(f"{self.root} has no samples in split {split!r}")
         self.split = split

@@ -15,6 +15,7 @@ import yaml
 from harmonia.errors import CheckpointError, HarmoniaError
 from harmonia.harmonization.ledger import ConflictLedger, LedgerEntry
 from harmonia.losses.temperature import DEFAULT_TEMPERATURE
+from harmonia.training.layout import CONFIG_FILE, EVAL_FILE, LEDGER_CSV, METRICS_FILE, MODEL_DIR
 from harmonia.training.logging import read_metrics
 
 
@@ -28,19 +29,19 @@ class RunDir:
 
     @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        return self.path / MODEL_DIR
 
     @property
     def ledger_path(self) -> Path:
-        return self.path / "ledger.csv"
+        return self.path / LEDGER_CSV
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS_FILE
 
     @property
     def eval_path(self) -> Path:
-        return self.path / "eval.json"
+        return self.path / EVAL_FILE
 
     def require_model(self) -> Path:
         """The final model directory, or a CheckpointError saying where it was expected."""
@@ -52,7 +53,7 @@ class RunDir:
 
     def config(self) -> dict[str, Any]:
         """The resolved training config (RUN/config.yaml) as plain data; {} when absent."""
-        path = self.path / "config.yaml"
+        path = self.path / CONFIG_FILE
         if not path.is_file():
             return {}
         try:

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from harmonia.evaluation.labels import AUDIO_FLAG, TEXT_FLAG, noise_flag
-from harmonia.evaluation.noise_detection import detection_metrics
-from harmonia.harmonization.stats import noisiness_scores
-from harmonia.training.resume import SUMMARY_FILE
-from harmonia.training.trace import TRACE_CSV
+from harmonia.evaluation.noise_detection import DetectionResult, detection_metrics
+from harmonia.harmonization.stats import NoisinessScore, noisiness_scores
+from harmonia.training.layout import SUMMARY_FILE, TRACE_CSV
 
 TARGETS: dict[str, tuple[str, ...]] = {"caption": (TEXT_FLAG,), "audio": (AUDIO_FLAG,)}
 """Which ground-truth flags each column of the table is scored against."""
@@ -93,8 +92,8 @@ def _per_step_scale(trace: Trace, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _norm_balance(trace: Trace, a: str, b: str) -> np.ndarray:
-    """The ledger's ``gradient_norm`` score replayed with its own function, step by step."""
+def _replayed(trace: Trace, kind: NoisinessScore, a: str, b: str) -> np.ndarray:
+    """The ledger's per-observation score ``kind``, replayed with its own function step by step."""
     gram = np.stack(
         [
             np.stack([trace.gram(a, a), trace.gram(a, b)], -1),
@@ -102,11 +101,38 @@ def _norm_balance(trace: Trace, a: str, b: str) -> np.ndarray:
         ],
         -2,
     )
+    losses = np.stack([trace.columns[f"loss_{a}"], trace.columns[f"loss_{b}"]], -1)
     out = np.empty(len(trace.steps))
     for step in np.unique(trace.steps):
         rows = trace.steps == step
-        batch = torch.from_numpy(gram[rows])
-        out[rows] = noisiness_scores(batch, "gradient_norm").numpy()
+        scores = noisiness_scores(
+            torch.from_numpy(gram[rows]), kind, losses=torch.from_numpy(losses[rows])
+        )
+        out[rows] = scores.numpy()
+    return out
+
+
+LEDGER_SCORES: tuple[NoisinessScore, ...] = ("conflict", "gradient_norm", "loss")
+"""The ledger's scores, each replayed from the same trace by `ledger_detection`."""
+
+
+def ledger_detection(
+    trace: Trace,
+    labels: Mapping[str, Mapping[str, Any]],
+    a: str = "va",
+    b: str = "vt",
+    decay: float = 0.9,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Score -> target -> detection metrics (AUROC, AP, precision at k) of each ledger score.
+
+    Every score is the EMA the ledger would hold at the end of the traced run had it recorded
+    that score, so the scores are compared on identical observations.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind in LEDGER_SCORES:
+        suspicion = _negated(_ema(trace, _replayed(trace, kind, a, b), decay))
+        found = _detection(suspicion, labels)
+        out[kind] = {target: result.to_dict() for target, result in found.items()}
     return out
 
 
@@ -146,29 +172,38 @@ def score_variants(a: str, b: str, decay: float = 0.9) -> dict[str, Score]:
             t, _per_step_scale(t, np.sqrt(np.clip(t.gram(b, b), 0, None))), decay
         ),
         "relative gradient norm, max over losses, EMA (ledger score 'gradient_norm')": (
-            lambda t: _negated(_ema(t, _norm_balance(t, a, b), decay))
+            lambda t: _negated(_ema(t, _replayed(t, "gradient_norm", a, b), decay))
+        ),
+        "relative loss, max over losses, EMA (ledger score 'loss')": (
+            lambda t: _negated(_ema(t, _replayed(t, "loss", a, b), decay))
         ),
         f"loss {a}, EMA (online loss)": lambda t: _ema(t, t.columns[f"loss_{a}"], decay),
         f"loss {b}, EMA (online loss)": lambda t: _ema(t, t.columns[f"loss_{b}"], decay),
     }
 
 
-def detect(
+def _detection(
     suspicion: Mapping[str, float], labels: Mapping[str, Mapping[str, Any]]
-) -> dict[str, float | None]:
-    """AUROC of a suspicion against each target's flags (ids without labels are left out)."""
-    out: dict[str, float | None] = {}
+) -> dict[str, DetectionResult]:
+    """Detection metrics of a suspicion against each target's flags (unlabelled ids left out)."""
+    out: dict[str, DetectionResult] = {}
     ids = [i for i in suspicion if i in labels]
     for target, flags in TARGETS.items():
         truth = [noise_flag(labels[i], flags) for i in ids]
         keep = [j for j, t in enumerate(truth) if t is not None]
-        if not keep:
-            out[target] = None
-            continue
-        values = np.array([suspicion[ids[j]] for j in keep])
-        result = detection_metrics(values, [bool(truth[j]) for j in keep], higher_is_noisier=True)
-        out[target] = result.auroc
+        if keep:
+            values = np.array([suspicion[ids[j]] for j in keep])
+            noisy = [bool(truth[j]) for j in keep]
+            out[target] = detection_metrics(values, noisy, higher_is_noisier=True)
     return out
+
+
+def detect(
+    suspicion: Mapping[str, float], labels: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float | None]:
+    """AUROC of a suspicion against each target's flags (ids without labels are left out)."""
+    found = _detection(suspicion, labels)
+    return {target: found[target].auroc if target in found else None for target in TARGETS}
 
 
 def compare(

@@ -5,29 +5,46 @@ The study tests the four claims of Wu et al. (NeurIPS 2022) on AV-MNIST-T:
   modality-agnostic backbone (the paper's setting);
 - backbone: the baseline and +GR+CL on a modality-specific backbone, for contrast;
 - space: +GR with exact parameter-space gradients instead of the shared embedding's;
-- scaling: the clean source alone vs clean + a noisier extra source of the same size.
-Every run is independent; a run is named by what it varies, so its directory is its cache key.
+- scaling: the clean source alone vs clean + a noisier extra source of the same size;
+and two alternatives a practitioner would try with the same signal: a curriculum driven by a
+gradient-free score (the online per-sample loss) and filtering (drop the baseline ledger's most
+suspected triplets, retrain). Each variant is a shipped config. A run is named by what it
+varies, so its directory is its cache key; a filtering run waits for the run whose ledger it
+reads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
+
+from harmonia.training.layout import LEDGER_CSV
 
 VARIANTS: dict[str, str] = {
     "baseline": "study-baseline",
     "gr": "study-gr",
     "cl": "study-cl",
     "gr+cl": "study-gr-cl",
+    "cl-loss": "study-cl-loss",
+    "filter": "study-filter",
 }
-"""Study variant -> shipped config (all `base: study-base`)."""
+"""Study variant -> shipped config (all based on `study-base`)."""
 
 VARIANT_LABELS: dict[str, str] = {
     "baseline": "baseline",
     "gr": "+GR",
     "cl": "+CL",
     "gr+cl": "+GR+CL",
+    "cl-loss": "+CL (loss score)",
+    "filter": "filter + retrain",
 }
+PAPER_VARIANTS = ("gr", "cl", "gr+cl")
+"""The paper's arms, each compared with the baseline."""
+ALTERNATIVES = ("cl-loss", "filter")
+"""What a practitioner would try instead, with the same data and budget."""
+LEDGER_FROM: dict[str, str] = {"filter": "baseline"}
+"""Variant -> the variant whose run (same noise rate, seed, backbone) names the suspects."""
 
 Backbone = Literal["modality_agnostic", "modality_specific"]
 Space = Literal["embedding", "parameters"]
@@ -68,22 +85,23 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget(
         "full",
         seeds=3,
-        steps=300,
+        steps=250,
         train=1000,
         val=200,
         test=500,
-        description="3 seeds, 300 steps of batch 32 (about 10 epochs of 1,000 clips); "
-        "sized for about 60 minutes on 2 otherwise idle cores",
+        description="3 seeds, 250 steps of batch 32 (8 epochs of 1,000 clips); sized for about "
+        "95 minutes on 2 otherwise idle cores (69 runs, about 2.5 minutes each, the 3 "
+        "parameter-space runs about 7)",
     ),
     "quick": Budget(
         "quick",
         seeds=2,
-        steps=200,
+        steps=150,
         train=1000,
         val=200,
         test=500,
-        description="2 seeds, 200 steps of batch 32; sized for about 25-30 minutes on 2 "
-        "otherwise idle cores",
+        description="2 seeds, 150 steps of batch 32; sized for about 45 minutes on 2 otherwise "
+        "idle cores",
     ),
     "smoke": Budget(
         "smoke",
@@ -143,8 +161,14 @@ class RunSpec:
     def config(self) -> str:
         return VARIANTS[self.variant]
 
-    def overrides(self, budget: Budget) -> list[str]:
-        """Config overrides on top of the variant's shipped config."""
+    @property
+    def ledger_from(self) -> str | None:
+        """Name of the run whose ledger.csv this run reads (filtering), else None."""
+        source = LEDGER_FROM.get(self.variant)
+        return None if source is None else replace(self, variant=source).name
+
+    def overrides(self, budget: Budget, runs_dir: Path) -> list[str]:
+        """Config overrides on top of the variant's shipped config (runs live in `runs_dir`)."""
         out = [
             f"train.steps={budget.steps}",
             f"train.seed={self.seed}",
@@ -154,6 +178,8 @@ class RunSpec:
             f"harmonize.space={self.space}",
             f"model.backbone.kind={self.backbone}",
         ]
+        if self.ledger_from is not None:
+            out.append(f"data.drop_suspects.ledger={runs_dir / self.ledger_from / LEDGER_CSV}")
         return out
 
 

@@ -26,25 +26,37 @@ from typing import Any
 
 from harmonia.experiments.plan import Budget, RunSpec
 from harmonia.files import write_atomic
+from harmonia.training.layout import EVAL_FILE, LEDGER_CSV, TRACE_CSV
 
 RESULT_FILE = "result.json"
-EVAL_FILE = "eval.json"
 FINGERPRINT_FILE = "fingerprint"
 """Written before training starts: a checkpoint is only resumed by a run of the same fingerprint."""
 
 
 def fingerprint(config: Mapping[str, Any], dataset_checksum: str) -> str:
-    """Identity of what a run computes: its resolved config (minus paths) and its data."""
+    """Identity of what a run computes: its resolved config (minus paths) and its data.
+
+    A run that drops the suspects of another run's ledger is identified by that ledger's
+    content, not its path (a rerun of the other run gives a new ledger, so a new fingerprint).
+    """
     data = {k: v for k, v in config.get("data", {}).items() if k not in ("dir", "source")}
+    suspects = dict(data.get("drop_suspects") or {})
+    if suspects.get("ledger"):
+        ledger = Path(suspects.pop("ledger"))
+        suspects["ledger_sha256"] = (
+            hashlib.sha256(ledger.read_bytes()).hexdigest() if ledger.is_file() else "absent"
+        )
+        data["drop_suspects"] = suspects
     payload = {**config, "data": data, "dataset": dataset_checksum}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def resolved_config(spec: RunSpec, budget: Budget, dataset: Path) -> Any:
+def resolved_config(spec: RunSpec, budget: Budget, dataset: Path, runs_dir: Path) -> Any:
     """The TrainConfig of a run (variant config + budget overrides + the dataset path)."""
     from harmonia.training.config import load_train_config
 
-    return load_train_config(spec.config, [*spec.overrides(budget), f"data.dir={dataset}"])
+    overrides = [*spec.overrides(budget, runs_dir), f"data.dir={dataset}"]
+    return load_train_config(spec.config, overrides)
 
 
 def cached_result(run_dir: Path, expected: str) -> dict[str, Any] | None:
@@ -72,7 +84,7 @@ def run_one(spec: RunSpec, budget: Budget, dataset: Path, run_dir: Path) -> dict
     from harmonia.training.loop import train
 
     torch.set_num_threads(1)
-    cfg = resolved_config(spec, budget, dataset)
+    cfg = resolved_config(spec, budget, dataset, run_dir.parent)
     expected = fingerprint(to_dict(cfg), load_summary(dataset)["checksum"])
     cached = cached_result(run_dir, expected)
     if cached is not None:
@@ -122,12 +134,23 @@ def run_one(spec: RunSpec, budget: Budget, dataset: Path, run_dir: Path) -> dict
         },
         "conflict": conflict_trace(run.metrics()),
         "eval": evaluation,
-        "ledger": ledger_by_flag(run_dir / "ledger.csv", dataset),
+        "ledger": ledger_by_flag(run_dir / LEDGER_CSV, dataset),
+        "ledger_scores": replayed_scores(run_dir, dataset),
         "seconds": time.time() - started,
         "train_seconds": train_seconds,
     }
     _write_json(run_dir / RESULT_FILE, result)
     return result
+
+
+def replayed_scores(run_dir: Path, dataset: Path) -> dict[str, Any]:
+    """Detection metrics of every ledger score replayed from the run's trace ({} without one)."""
+    from harmonia.data.index import load_labels
+    from harmonia.experiments.conflict_scores import Trace, ledger_detection
+
+    if not (run_dir / TRACE_CSV).is_file():
+        return {}
+    return ledger_detection(Trace.read(run_dir), load_labels(dataset))
 
 
 def conflict_trace(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
@@ -201,7 +224,7 @@ def split_cached(
     for spec, dataset, run_dir in tasks:
         if dataset not in checksums:
             checksums[dataset] = load_summary(dataset)["checksum"]
-        config = to_dict(resolved_config(spec, budget, dataset))
+        config = to_dict(resolved_config(spec, budget, dataset, run_dir.parent))
         cached = cached_result(run_dir, fingerprint(config, checksums[dataset]))
         if cached is not None:
             results[spec.name] = cached
@@ -227,15 +250,30 @@ def run_all(
     started = time.time()
     done = 0
     context = multiprocessing.get_context("spawn")
+    waiting = list(pending)  # a run reading another run's ledger starts once that one is done
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker) as pool:
-        futures: dict[Future[dict[str, Any]], RunSpec] = {
-            pool.submit(_task, spec, budget, str(dataset), str(run_dir), os.getpid()): spec
-            for spec, dataset, run_dir in pending
-        }
-        for future in as_completed(futures):
-            spec = futures[future]
+        futures: dict[Future[dict[str, Any]], RunSpec] = {}
+
+        def submit_ready() -> None:
+            for task in list(waiting):
+                spec, dataset, run_dir = task
+                source = spec.ledger_from
+                if source is not None and source not in results:
+                    continue
+                waiting.remove(task)
+                if source is not None and "error" in results[source]:
+                    results[spec.name] = {"name": spec.name, "error": f"{source} failed"}
+                    continue
+                job = pool.submit(_task, spec, budget, str(dataset), str(run_dir), os.getpid())
+                futures[job] = spec
+
+        submit_ready()
+        while futures:
+            future = next(as_completed(futures))
+            spec = futures.pop(future)
             result = {**future.result(), "_fresh": True}
             results[spec.name] = result
+            submit_ready()
             done += 1
             elapsed = time.time() - started
             eta = elapsed / done * (len(pending) - done)
@@ -247,4 +285,6 @@ def run_all(
                     f"[{done}/{len(pending)}] {spec.name} done in {result['seconds']:.0f} s "
                     f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left)"
                 )
+    for spec, _, _ in waiting:
+        results[spec.name] = {"name": spec.name, "error": f"needs {spec.ledger_from}, not planned"}
     return results

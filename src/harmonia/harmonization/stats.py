@@ -22,43 +22,59 @@ def cosines_from_gram(gram: Tensor) -> Tensor:
     return gram / denom.clamp_min(torch.finfo(gram.dtype).tiny)
 
 
-NoisinessScore = Literal["gradient_norm", "conflict"]
+NoisinessScore = Literal["gradient_norm", "conflict", "loss"]
 """What the ledger records per sample (low = suspected misaligned), see `noisiness_scores`."""
 
 
-def relative_norms(gram: Tensor) -> Tensor:
-    """``[B, M]``: each loss's per-sample gradient norm over that loss's median norm in the batch.
+def _over_batch_median(values: Tensor) -> Tensor:
+    """``[B, M]`` non-negative values over each column's median where it is positive.
 
-    The median (the lower one for an even count) is over the samples where the loss has a
-    gradient; a loss without any gets ratio 0 everywhere.
+    The median (the lower one for an even count) is over the samples with a positive value; a
+    column without any gets ratio 0 everywhere.
     """
-    norms = gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
-    out = torch.zeros_like(norms)
-    for k in range(norms.shape[1]):
-        present = norms[:, k] > 0
+    out = torch.zeros_like(values)
+    for k in range(values.shape[1]):
+        present = values[:, k] > 0
         if bool(present.any()):
-            out[:, k] = norms[:, k] / norms[present, k].median()
+            out[:, k] = values[:, k] / values[present, k].median()
     return out
 
 
-def noisiness_scores(gram: Tensor, kind: NoisinessScore = "gradient_norm") -> Tensor:
-    """Per-sample ledger scores ``[B]`` from a batch's per-sample Gram ``[B, M, M]``; low = suspect.
+def relative_norms(gram: Tensor) -> Tensor:
+    """``[B, M]``: each loss's per-sample gradient norm over that loss's median norm in the batch."""
+    return _over_batch_median(gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt())
 
-    ``conflict`` is the paper's gradient-conflict score: the smallest pairwise cosine between the
-    losses' gradients. ``gradient_norm`` is ``(1 - r) / (1 + r)`` with ``r`` the largest
-    `relative_norms` ratio of the sample: 0 for a sample whose gradients are the batch's median
-    size, towards -1 when one loss's gradient dwarfs the batch's (the partner it is paired with
-    does not fit), towards 1 when every loss is already satisfied. Both lie in [-1, 1].
-    docs/curriculum.md compares them: once the model learns, a misaligned partner shows as a
-    large gradient of its own loss far more reliably than as a conflict between the two.
+
+def noisiness_scores(
+    gram: Tensor | None, kind: NoisinessScore = "gradient_norm", losses: Tensor | None = None
+) -> Tensor:
+    """Per-sample ledger scores ``[B]``; low = suspect.
+
+    From a batch's per-sample Gram ``[B, M, M]``: ``conflict`` is the paper's gradient-conflict
+    score, the smallest pairwise cosine between the losses' gradients; ``gradient_norm`` is
+    ``(1 - r) / (1 + r)`` with ``r`` the largest `relative_norms` ratio of the sample: 0 for a
+    sample whose gradients are the batch's median size, towards -1 when one loss's gradient
+    dwarfs the batch's (the partner it is paired with does not fit), towards 1 when every loss
+    is already satisfied. From the per-sample losses ``[B, M]`` (no gradients needed): ``loss``
+    is the same ratio form with ``r`` the largest per-loss value over that loss's batch median.
+    All lie in [-1, 1]. docs/curriculum.md compares them.
     """
+    if kind == "loss":
+        if losses is None:
+            raise ValueError("noisiness score 'loss' needs the per-sample losses")
+        r = _over_batch_median(losses.clamp_min(0.0)).amax(dim=1)
+        return (1 - r) / (1 + r)
+    if gram is None:
+        raise ValueError(f"noisiness score {kind!r} needs the per-sample gradient Gram")
     if kind == "conflict":
         cos = cosines_from_gram(gram)
         tasks = cos.shape[-1]
         upper = torch.triu_indices(tasks, tasks, offset=1, device=cos.device)
         return cos[:, upper[0], upper[1]].amin(dim=-1)
     if kind != "gradient_norm":
-        raise ValueError(f"unknown noisiness score {kind!r}; expected gradient_norm or conflict")
+        raise ValueError(
+            f"unknown noisiness score {kind!r}; expected gradient_norm, conflict or loss"
+        )
     r = relative_norms(gram).amax(dim=1)
     return (1 - r) / (1 + r)
 

@@ -39,6 +39,19 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
+class SuspectsConfig:
+    """Train without the samples a previous run's ledger suspects most (the filtering route)."""
+
+    ledger: str | None = None
+    """A ledger.csv written by `harmonia train` on the same dataset."""
+    fraction: float = 0.0
+    """Share of the training split to leave out, most suspected first (0: keep everything)."""
+
+    def validate(self) -> None:
+        require_range(self, "fraction", 0.0, 1.0, high_open=True)
+
+
+@dataclass
 class DataConfig:
     """Where the dataset is, how to build it when it is absent, and how batches are drawn."""
 
@@ -57,6 +70,7 @@ class DataConfig:
     """Keep decoded training samples in memory after their first decode (later epochs skip
     decoding). Each loader worker keeps its own copy: about frames x height x width x 3 +
     4 x audio samples bytes per sample and worker; use it when that fits."""
+    drop_suspects: SuspectsConfig = field(default_factory=SuspectsConfig)
 
     def validate(self) -> None:
         check(bool(self.dir), "dir", "expected a dataset directory, got ''")
@@ -100,8 +114,10 @@ class LedgerConfig:
     """A score below this counts as a conflict."""
     score: NoisinessScore = "gradient_norm"
     """What is recorded per sample: ``gradient_norm`` (how much larger than the batch's a
-    sample's largest per-loss gradient is) or ``conflict`` (the paper's smallest cosine between
-    the losses' gradients); both in [-1, 1], low = suspected misaligned (docs/curriculum.md)."""
+    sample's largest per-loss gradient is), ``conflict`` (the paper's smallest cosine between
+    the losses' gradients) or ``loss`` (how much larger than the batch's a sample's largest
+    per-sample loss is; needs no gradients); all in [-1, 1], low = suspected misaligned
+    (docs/curriculum.md)."""
     trace: bool = False
     """Also write every per-sample observation (losses, gradient Gram) to conflict_trace.csv."""
 

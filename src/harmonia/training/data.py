@@ -20,9 +20,10 @@ from harmonia.data import ShardDataset, build_dataset, collate, load_media_spec,
 from harmonia.data.index import SUMMARY_FILE, load_summary
 from harmonia.data.shards import TruncatedMember, read_member
 from harmonia.data.sources import resolve_source
-from harmonia.errors import ConfigError, DataError
+from harmonia.errors import CheckpointError, ConfigError, DataError
+from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.models import ModelConfig
-from harmonia.training.config import DataConfig, EvalConfig
+from harmonia.training.config import DataConfig, EvalConfig, SuspectsConfig
 from harmonia.training.signals import worker_signal_handlers
 
 
@@ -48,12 +49,41 @@ def ensure_dataset(
     return root
 
 
-def open_split(root: Path, split: str, *, cache: bool = False) -> ShardDataset:
+def open_split(
+    root: Path, split: str, *, cache: bool = False, exclude: Iterable[str] = ()
+) -> ShardDataset:
     """The map-style dataset of one split (DataError naming the splits that exist)."""
     present = list(load_summary(root).get("splits", {}))
     if split not in present:
         raise DataError(f"{root} has no split {split!r}; it has {', '.join(present)}")
-    return ShardDataset(root, split, cache=cache)
+    return ShardDataset(root, split, cache=cache, exclude=set(exclude))
+
+
+def suspects_to_drop(options: SuspectsConfig, root: Path, split: str) -> list[str]:
+    """The ids of ``split`` to leave out: the ledger's most suspected ``fraction``, ranked first.
+
+    Samples the ledger never saw are not suspects. The count is ``round(fraction * size)`` of
+    the split; a ledger that names none of the split's ids is an error (wrong dataset).
+    """
+    if options.fraction == 0.0:
+        return []
+    if not options.ledger:
+        raise ConfigError(
+            f"data.drop_suspects.ledger: dropping {options.fraction:g} of the training split "
+            "needs the ledger.csv of a run on the same data (data.drop_suspects.ledger=RUN/ledger.csv)"
+        )
+    ids = {r["id"] for r in read_index(root, split)}
+    try:
+        ledger = ConflictLedger.from_csv(options.ledger)
+    except CheckpointError as err:
+        raise ConfigError(f"data.drop_suspects.ledger: {err}") from None
+    ranked = [entry.id for entry in ledger.ranking() if entry.id in ids]
+    if not ranked:
+        raise ConfigError(
+            f"data.drop_suspects.ledger: {options.ledger} names none of the {len(ids)} samples "
+            f"of split {split!r} in {root}"
+        )
+    return ranked[: round(options.fraction * len(ids))]
 
 
 def collate_for(dataset: ShardDataset) -> Callable[[list[Any]], dict[str, Any]]:

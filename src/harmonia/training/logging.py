@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from harmonia.files import write_atomic
+from harmonia.training.layout import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 HIST_BINS = 40
 

@@ -62,6 +62,7 @@ from harmonia.training.distributed import (
 )
 from harmonia.training.guard import BadStepGuard
 from harmonia.training.health import learning_health
+from harmonia.training.layout import LEDGER_CSV, TRACE_CSV
 from harmonia.training.logging import MetricAccumulator, MetricLogger
 from harmonia.training.partition import RankEpochSampler
 from harmonia.training.resume import (
@@ -77,10 +78,9 @@ from harmonia.training.resume import (
 )
 from harmonia.training.schedule import WarmupCosine
 from harmonia.training.signals import StopRequest
-from harmonia.training.trace import TRACE_CSV, ConflictTrace
+from harmonia.training.trace import ConflictTrace
 from harmonia.training.validation import validate
 
-LEDGER_CSV = "ledger.csv"
 RANK_SEED_STRIDE = 1_000_003
 """Rank r > 0 seeds its generator with ``seed + r * RANK_SEED_STRIDE`` after building the model."""
 
@@ -154,7 +154,12 @@ def _train(
     dataset_dir = ctx.run_on_main(
         lambda: train_data.ensure_dataset(cfg.data, data_dir, progress=cfg.train.progress)
     )
-    train_set = train_data.open_split(dataset_dir, cfg.data.train_split, cache=cfg.data.cache)
+    dropped = train_data.suspects_to_drop(cfg.data.drop_suspects, dataset_dir, cfg.data.train_split)
+    if dropped and main:
+        print(f"leaving out {len(dropped)} suspects named by {cfg.data.drop_suspects.ledger}")
+    train_set = train_data.open_split(
+        dataset_dir, cfg.data.train_split, cache=cfg.data.cache, exclude=dropped
+    )
     if len(train_set) < cfg.data.batch_size * ctx.world_size:
         per = f" x {ctx.world_size} processes" if ctx.is_distributed else ""
         raise ConfigError(
@@ -417,6 +422,7 @@ def _train(
         "bad_steps": guard.total,
         "skipped_samples": len(all_skipped),
         "skipped": all_skipped,
+        "dropped_suspects": len(dropped),
         "skipped_validation": list(val_skipped.values()),
         "final_metrics": last_row,
         "learning": {
@@ -462,12 +468,19 @@ def record_observations(
     """
     if ledger is None and not options.trace:
         return
-    losses = {n: v.detach().cpu() for n, v in per_sample.items()} if options.trace else {}
+    keep_losses = options.trace or options.score == "loss"
+    losses = {n: v.detach().cpu() for n, v in per_sample.items()} if keep_losses else {}
     gathered = ctx.all_gather_object((ids, losses, gram.cpu()))
     all_ids = [sample_id for rank_ids, _, _ in gathered for sample_id in rank_ids]
     all_grams = torch.cat([g for _, _, g in gathered])
     if ledger is not None:
-        ledger.update(all_ids, noisiness_scores(all_grams, options.score), step)
+        all_losses = (
+            torch.cat([torch.stack(list(r.values()), dim=1) for _, r, _ in gathered])
+            if options.score == "loss"
+            else None
+        )
+        scores = noisiness_scores(all_grams, options.score, losses=all_losses)
+        ledger.update(all_ids, scores, step)
     if trace is not None:
         for rank_ids, rank_losses, rank_gram in gathered:
             trace.write(step, rank_ids, rank_losses, rank_gram)

@@ -23,9 +23,8 @@ from harmonia.training.checkpoint import (
 )
 from harmonia.training.config import TrainConfig
 from harmonia.training.distributed import DistributedContext
+from harmonia.training.layout import CONFIG_FILE, SUMMARY_FILE
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
 RESUMABLE_CHANGES = (
     "train.",

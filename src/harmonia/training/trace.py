@@ -18,8 +18,6 @@ from typing import IO
 
 from torch import Tensor
 
-TRACE_CSV = "conflict_trace.csv"
-
 
 class ConflictTrace:
     """Appends per-sample rows to ``RUN/conflict_trace.csv`` (rank 0 only)."""
