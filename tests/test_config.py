@@ -94,7 +94,7 @@ def test_unknown_key_suggests_from_the_whole_tree() -> None:
 
 
 def test_out_of_range_value_names_the_key() -> None:
-    assert error({"section": {"lr": -1}}) == "section.lr: expected a positive float, got -1"
+    assert error({"section": {"lr": -1}}) == "section.lr: expected a finite positive float, got -1"
     assert error({"section": {"steps": 0}}) == "section.steps: expected a positive integer, got 0"
     assert error({"other": {"rate": 1.5}}) == "other.rate: expected a float in [0, 1], got 1.5"
     assert error({"section": {"inner": {"rate": -0.1}}}) == (

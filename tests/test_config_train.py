@@ -62,7 +62,7 @@ def test_config_file_by_path(tmp_path: Path) -> None:
             ["harmonize.methdo=pcgrad"],
             "unknown key 'harmonize.methdo' (did you mean 'harmonize.method'?)",
         ),
-        (["optim.lr=-1"], "optim.lr: expected a positive float, got -1"),
+        (["optim.lr=-1"], "optim.lr: expected a finite positive float, got -1"),
         (["train.steps=ten"], "train.steps: expected an integer, got 'ten'"),
         (
             ["harmonize.space=params"],
@@ -122,7 +122,7 @@ def test_cli_show_prints_a_config_that_reloads_equal(tmp_path: Path) -> None:
             ["demo", "harmonize.methdo=pcgrad"],
             "unknown key 'harmonize.methdo' (did you mean 'harmonize.method'?)",
         ),
-        (["demo", "optim.lr=-1"], "optim.lr: expected a positive float, got -1"),
+        (["demo", "optim.lr=-1"], "optim.lr: expected a finite positive float, got -1"),
         (
             ["dmeo"],
             "no config file 'dmeo' and no shipped config of that name (did you mean 'demo'?)",

@@ -42,7 +42,7 @@ def test_config_error_is_one_line_exit_2(tmp_path: Path, tiny_dataset: Path) -> 
     ("args", "message"),
     [
         (["--data", "{missing}"], "no dataset at {missing}"),
-        (["optim.lr=-1"], "optim.lr: expected a positive float, got -1"),
+        (["optim.lr=-1"], "optim.lr: expected a finite positive float, got -1"),
     ],
 )
 def test_user_errors_are_one_line(

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -242,18 +243,31 @@ def check(condition: bool, key: str, message: str) -> None:
         raise FieldError(key, message)
 
 
+def _usable(value: Any) -> bool:
+    """Finite, and not a subnormal float (a step size or temperature of 1e-320 is a typo)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and (value == 0.0 or abs(value) >= sys.float_info.min)
+    return True
+
+
+def _bounded(sign: str, value: Any) -> str:
+    return f"finite {sign} float" if isinstance(value, float) else f"{sign} {_kind(value)}"
+
+
 def require_positive(obj: Any, *names: str) -> None:
-    """Each named numeric field must be > 0."""
+    """Each named numeric field must be finite and > 0."""
     for name in names:
         value = getattr(obj, name)
-        check(value > 0, name, f"expected a positive {_kind(value)}, got {_show(value)}")
+        ok = value > 0 and _usable(value)
+        check(ok, name, f"expected a {_bounded('positive', value)}, got {_show(value)}")
 
 
 def require_non_negative(obj: Any, *names: str) -> None:
-    """Each named numeric field must be >= 0."""
+    """Each named numeric field must be finite and >= 0."""
     for name in names:
         value = getattr(obj, name)
-        check(value >= 0, name, f"expected a non-negative {_kind(value)}, got {_show(value)}")
+        ok = value >= 0 and _usable(value)
+        check(ok, name, f"expected a {_bounded('non-negative', value)}, got {_show(value)}")
 
 
 def require_range(
@@ -264,7 +278,9 @@ def require_range(
     above = value > low if low_open else value >= low
     below = value < high if high_open else value <= high
     interval = f"{'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
-    check(above and below, name, f"expected a {_kind(value)} in {interval}, got {_show(value)}")
+    kind = _kind(value)
+    article = "an" if kind.startswith("i") else "a"
+    check(above and below, name, f"expected {article} {kind} in {interval}, got {_show(value)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("probe_vd", "probe video/digit", _probe("video", "digit")),
     Metric("probe_vm", "probe video/motion", _probe("video", "motion")),
     Metric("probe_ad", "probe audio/digit", _probe("audio", "digit")),
-    Metric("auroc", "noise AUROC", _path("noise_detection", "ledger", "any", "auroc")),
+    Metric("auroc", "ledger AUROC", _path("noise_detection", "ledger", "any", "auroc")),
 )
 """The study's metrics: R@1 is class-level (a caption's digit+motion; audio's digit)."""
 
@@ -69,13 +69,6 @@ INSTANCE_METRICS: tuple[Metric, ...] = (
     ),
 )
 
-DETECTORS: tuple[tuple[str, str, bool], ...] = (
-    ("ledger", "conflict score (ledger)", True),
-    ("pair_cos", "pair cosine (final model)", False),
-    ("el2n", "EL2N-style error norm (final model)", False),
-)
-"""(score name in eval.json, label, whether the score is one value for every target)."""
-
 
 def metric_value(result: Result, metric: Metric) -> float | None:
     value = metric.read(result.get("eval", {}))
@@ -88,6 +81,24 @@ def detection(result: Result, score: str, target: str, what: str = "auroc") -> f
     key = score if score == "ledger" else f"{score}/{target}"
     value = block.get(key, {}).get(target, {}).get(what)
     return None if value is None else float(value)
+
+
+REPLAYED_TARGETS = {"text": "caption", "audio": "audio"}
+"""Evaluation's flag names -> the trace replay's target names."""
+
+
+def score_detection(result: Result, score: str, target: str, what: str = "auroc") -> float | None:
+    """AUROC (or ``what``) of a noise score against a target flag (`text` or `audio`).
+
+    ``score`` is a ledger score replayed from the run's trace (`conflict`, `gradient_norm`,
+    `loss`) or a final-model score of the evaluation (`pair_cos`, `el2n`, on the pair whose
+    partner the target flags).
+    """
+    replayed = result.get("ledger_scores", {})
+    if score in replayed:
+        value = replayed[score].get(REPLAYED_TARGETS[target], {}).get(what)
+        return None if value is None else float(value)
+    return detection(result, score, target, what)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,11 @@ def _pyplot():  # type: ignore[no-untyped-def]
 
 
 def conflict_distributions(results: Sequence[Result], budget: Budget, out: Path) -> Path | None:
-    """Final ledger scores of clean vs misaligned training triplets, per noise rate and variant."""
+    """Final ledger scores of clean vs misaligned training triplets, per noise rate and variant.
+
+    Each run's ledger holds its own score (the paper's conflict cosine for +CL and +GR+CL, the
+    online loss score for +CL (loss score), gradient_norm otherwise).
+    """
     noisy = [n for n in budget.noise_rates if n > 0]
     if not noisy:
         return None
@@ -56,12 +60,12 @@ def conflict_distributions(results: Sequence[Result], budget: Budget, out: Path)
             ax.set_title(f"{VARIANT_LABELS[variant]}, {noise:.0%} misaligned", fontsize=9)
             ax.set_xlim(-1, 1)
             if row == len(noisy) - 1:
-                ax.set_xlabel("final ledger score (EMA gradient cosine)")
+                ax.set_xlabel("final ledger score (the run's score)")
             if col == 0:
                 ax.set_ylabel("density")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6, loc="upper left")
-    fig.suptitle("Conflict scores of training triplets, all seeds pooled (low = conflicting)")
+    fig.suptitle("Final ledger scores of training triplets, all seeds pooled (low = suspected)")
     fig.tight_layout()
     path = out / "conflict_scores.png"
     fig.savefig(path, dpi=110)
@@ -78,13 +82,14 @@ def metric_vs_noise(results: Sequence[Result], budget: Budget, out: Path) -> Pat
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
     for i, metric in enumerate(metrics):
         ax = axes[i // cols][i % cols]
+        middle = (len(VARIANT_LABELS) - 1) / 2
         for j, (variant, label) in enumerate(VARIANT_LABELS.items()):
             xs, ys, es = [], [], []
             for noise in budget.noise_rates:
                 runs = select(results, study="ablation", variant=variant, noise=noise)
                 stat = Stat.of(metric_value(r, metric) for r in runs)
                 if stat is not None:
-                    xs.append(100 * noise + (j - 1.5) * 0.6)
+                    xs.append(100 * noise + (j - middle) * 0.6)
                     ys.append(100 * stat.mean)
                     es.append(100 * stat.std)
             if xs:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from harmonia.errors import DataError, first_line
 from harmonia.training.signals import worker_signal_handlers
 
 
@@ -102,8 +103,66 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        with seeded(self.seed, epoch, index):
-            return self.dataset[index]
+        try:
+            with seeded(self.seed, epoch, index):
+                return self.dataset[index]
+        except Exception as err:  # raised again in the main process, naming the sample
+            ids = getattr(self.dataset, "ids", None)
+            name = ids[index] if isinstance(ids, list) and 0 <= index < len(ids) else index
+            raise SampleError(f"sample {name}: {type(err).__name__}: {first_line(err)}") from err
+
+
+class SampleError(Exception):
+    """Loading one sample failed in a way no skip record covers (a bug or a hostile sample)."""
+
+
+class LoaderFailure(DataError):
+    """The data loader stopped: a worker raised or died. The workers are shut down."""
+
+
+def _loader_failure(err: Exception) -> str:
+    """One line for a loader error: torch wraps a worker's exception as "Caught X in
+    DataLoader worker process N." + the original traceback, whose last line is the cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Caught ") and len(lines) > 1:
+        where = lines[0].removeprefix("Caught ").split(" in ", 1)[-1].rstrip(".")
+        cause = lines[-1].split(": ", 1)[-1] if isinstance(err, SampleError) else lines[-1]
+        return f"data loading failed in {where}: {cause}"
+    if isinstance(err, SampleError):  # loaded in this process (no workers)
+        return f"data loading failed: {err}"
+    if "exited unexpectedly" in str(err):
+        return (
+            f"data loading failed: {first_line(err)} (killed, e.g. out of memory? lower "
+            "data.num_workers or turn data.cache off)"
+        )
+    return f"data loading failed: {type(err).__name__}: {first_line(err)}"
+
+
+def _dead_workers_reported_at_next_batch() -> None:
+    """Keep torch from installing its SIGCHLD handler in this process.
+
+    That handler raises "worker killed" wherever the main process happens to be, e.g. halfway
+    through an optimizer step; without it the loader's own status check raises the same error
+    from ``next()`` within seconds, at a step boundary where a checkpoint is consistent.
+    """
+    from torch.utils.data._utils import signal_handling
+
+    signal_handling._SIGCHLD_handler_set = True
+
+
+def _stop_workers(iterator: Iterator[Any] | None) -> None:
+    """Shut a DataLoader iterator's workers down now (they ignore SIGTERM; see signals.py).
+
+    Left to garbage collection, an iterator still referenced by an exception's traceback keeps
+    its workers alive, and interpreter exit then waits for them forever.
+    """
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
 
 
 class _Tagged:
@@ -152,6 +211,8 @@ class BatchStream:
         self.wait = 0.0
         """Seconds spent waiting for batches since the last `take_wait`."""
         self._iterator: Iterator[Any] | None = None
+        if num_workers:
+            _dead_workers_reported_at_next_batch()
 
     def _loader(self) -> DataLoader:
         # only the workers' base seed comes from this generator; samples are seeded per index
@@ -184,6 +245,9 @@ class BatchStream:
                 self.epoch += 1
                 self.consumed = 0
                 continue
+            except Exception as err:
+                self.close()
+                raise LoaderFailure(_loader_failure(err)) from None
             self.consumed += 1
             self.wait += time.perf_counter() - started
             return batch
@@ -210,4 +274,5 @@ class BatchStream:
 
     def close(self) -> None:
         """Shut down worker processes."""
-        self._iterator = None
+        iterator, self._iterator = self._iterator, None
+        _stop_workers(iterator)

@@ -211,12 +211,19 @@ class OptimConfig:
     def validate(self) -> None:
         require_positive(self, "lr", "eps")
         require_non_negative(self, "weight_decay")
+        for name in ("lr", "eps", "weight_decay"):  # AdamW keeps them as float32 on the device
+            require_range(self, name, 0.0, FLOAT32_MAX)
         for i, beta in enumerate(self.betas):
             check(0.0 <= beta < 1.0, f"betas[{i}]", f"expected a float in [0, 1), got {beta}")
         require_range(self, "warmup_fraction", 0.0, 1.0)
         require_range(self, "min_lr_ratio", 0.0, 1.0)
         if self.grad_clip is not None:
             require_positive(self, "grad_clip")
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+MAX_SEED = 2**32 - 1
+"""Largest ``train.seed`` (NumPy's seed range; derived per-rank and per-step seeds stay < 2^63)."""
 
 
 @dataclass
@@ -240,6 +247,7 @@ class TrainLoopConfig:
 
     def validate(self) -> None:
         require_positive(self, "steps", "log_every", "checkpoint_every", "keep_last")
+        require_range(self, "seed", 0, MAX_SEED)
         require_positive(self, "max_bad_steps")
         require_non_negative(self, "eval_every", "seed")
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")

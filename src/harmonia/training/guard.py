@@ -1,9 +1,16 @@
-"""NaN/Inf guard: a step whose loss or gradient is not finite is skipped, not applied."""
+"""NaN/Inf guard: a step whose loss or gradient is not finite is skipped, not applied.
+
+A step with a finite loss and gradient can still make the weights non-finite (an infinite
+learning rate or weight decay, an overflow in the optimizer); the loop then stops at once, so no
+checkpoint or final model with non-finite weights is ever written.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+
+import torch
 
 from harmonia.errors import HarmoniaError
 
@@ -51,3 +58,18 @@ class BadStepGuard:
         """Restore counters saved by `state_dict`."""
         self.consecutive = int(state["consecutive"])
         self.total = int(state["total"])
+
+
+def weights_finite(parameters: Iterable[torch.Tensor]) -> bool:
+    """True when every weight is a finite number (one reduction per tensor, one sync)."""
+    sums = [p.detach().float().sum() for p in parameters]
+    return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
+
+
+def weights_error(step: int, newest_checkpoint: object) -> TrainingDiverged:
+    """The error that stops a run whose weights became non-finite at ``step``."""
+    return TrainingDiverged(
+        f"stopped at step {step}: the weights became non-finite after an optimizer step with a "
+        f"finite loss and gradient (check optim.lr and optim.weight_decay); nothing was saved "
+        f"from this step on; newest checkpoint: {newest_checkpoint or 'none yet'}"
+    )

@@ -15,7 +15,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from harmonia.harmonization.stats import noisiness_scores
 from harmonia.losses import ContrastiveObjective, local_gather
 from harmonia.models import VATT, WordTokenizer
 from harmonia.training import data as train_data
-from harmonia.training.batches import BatchStream, ResumableSampler
+from harmonia.training.batches import BatchStream, LoaderFailure, ResumableSampler
 from harmonia.training.checkpoint import (
     latest_checkpoint,
     restoring,
@@ -60,7 +60,7 @@ from harmonia.training.distributed import (
     load_optimizer_state,
     wrap_model,
 )
-from harmonia.training.guard import BadStepGuard
+from harmonia.training.guard import BadStepGuard, weights_error, weights_finite
 from harmonia.training.health import learning_health
 from harmonia.training.layout import LEDGER_CSV, TRACE_CSV
 from harmonia.training.logging import MetricAccumulator, MetricLogger
@@ -327,7 +327,15 @@ def _train(
         model.train()
         while step < steps:
             tick = time.perf_counter()
-            batch = next(stream)  # loader workers ignore stop signals: the step finishes
+            try:
+                batch = next(stream)  # loader workers ignore stop signals: the step finishes
+            except LoaderFailure as err:
+                raise _loader_stopped(
+                    err,
+                    step,
+                    saved=step % cfg.train.checkpoint_every == 0,
+                    save=None if ctx.is_distributed else save,
+                ) from None
             skipped.extend(batch["skipped"])
             ids = list(batch["id"])
             if ctx.any_rank(len(ids) < 2):  # all of a batch was corrupt: nothing to contrast
@@ -353,6 +361,8 @@ def _train(
             ok = math.isfinite(grad_norm)  # the same on every rank: gradients are reduced
             if ok:
                 optimizer.step()
+                if ctx.any_rank(not weights_finite(trainable)):
+                    raise weights_error(step + 1, latest_checkpoint(run_dir))
                 ctx.sync_harmonizer(harmonizer)
                 if stats is not None and len(stats.gram) == len(ids):
                     record_observations(
@@ -484,6 +494,22 @@ def record_observations(
     if trace is not None:
         for rank_ids, rank_losses, rank_gram in gathered:
             trace.write(step, rank_ids, rank_losses, rank_gram)
+
+
+def _loader_stopped(
+    err: LoaderFailure, step: int, *, saved: bool, save: Callable[[int], Path] | None
+) -> LoaderFailure:
+    """The loader's one-line error, with a checkpoint of the steps done since the last one.
+
+    Under torchrun the other ranks are inside a step or a collective, so only a single process
+    saves; the run resumes from its newest checkpoint once the cause is fixed.
+    """
+    if saved or save is None:
+        return err
+    return LoaderFailure(
+        f"{err}; checkpoint of step {step} written to {save(step)}; fix the "
+        "cause, then resume with --resume"
+    )
 
 
 def _stop(signal_name: str | None, checkpoint: Path, step: int, *, echo: bool = True) -> str:
