@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -58,9 +59,11 @@ def _die() -> None:
 
 
 def plain_name(path: Any) -> str:
-    """``.model.safetensors.tmp`` -> ``model.safetensors``: the file a temporary one becomes."""
+    """``.model.safetensors.0a1b2c3d.tmp`` -> ``model.safetensors``: the file a temporary one
+    (`harmonia.files.atomic_path`) becomes."""
     name = Path(path).name
-    return name.lstrip(".").removesuffix(".tmp")
+    temporary = re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.tmp", name)
+    return temporary.group(1) if temporary else name
 
 
 def _arm_torn(name: str, nth: int) -> None:
@@ -106,8 +109,6 @@ def _arm_rename(nth: int) -> None:
 
 
 def _arm_prune(nth: int) -> None:
-    import re
-
     real = shutil.rmtree
     seen = [0]
     step_dir = re.compile(r"step-\d{8}")

@@ -58,10 +58,26 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str, *, source: str = "<string>") -> Any:
-    """Parse YAML text with the config loader; syntax errors become a one-line ConfigError."""
+class _NoAliasLoader(_Loader):
+    """The config loader refusing aliases (``*name``), which can make a small file expand into
+    an unbounded value once something walks it (a billion-laughs document)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, *, source: str = "<string>", aliases: bool = True) -> Any:
+    """Parse YAML text with the config loader; syntax errors become a one-line ConfigError.
+
+    ``aliases=False`` refuses YAML aliases, for files harmonia wrote itself (they have none).
+    """
     try:
-        return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
+        if not aliases:
+            return yaml.load(text, Loader=_NoAliasLoader)  # derives from SafeLoader
+        return yaml.load(text, Loader=_Loader)  # derives from SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -38,3 +38,14 @@ class DistributedError(HarmoniaError):
     """Another process of a distributed run failed or stopped answering (exit code 1)."""
 
     exit_code = 1
+
+
+class OutputError(HarmoniaError, OSError):
+    """An output file cannot be written: the disk is full or read-only, or the path exists and is
+    not a regular file (a symlink, FIFO, device or directory is never replaced).
+
+    Also an OSError (same arguments), so code that reports failed writes keeps catching it.
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"

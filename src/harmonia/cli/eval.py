@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from harmonia.errors import HarmoniaError
-from harmonia.files import write_atomic
+from harmonia.errors import HarmoniaError, OutputError
+from harmonia.files import refuse_special, write_atomic
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise HarmoniaError(f"--workers must be >= 0, got {args.workers}")
     run_dir = RunDir(args.run_dir)
+    out = Path(args.json) if args.json else run_dir.eval_path
+    refuse_special(out)  # before the evaluation, not after
     model_dir = run_dir.require_model()
     dataset = run_dir.require_dataset(args.data)
     model = VATT.from_pretrained(model_dir, device=args.device)
@@ -79,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     )
     result = {"run": str(run_dir.path), "model": str(run_dir.model_dir), **result}
     print(format_table(result))
-    out = Path(args.json) if args.json else run_dir.eval_path
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, json.dumps(result, indent=2) + "\n")
+    try:
+        write_atomic(out, json.dumps(result, indent=2) + "\n")
+    except OutputError as err:
+        raise HarmoniaError(f"{err}; the results above were not saved (--json PATH)") from None
     print(f"\nwrote {out}")
     return 0

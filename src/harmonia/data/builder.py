@@ -73,11 +73,11 @@ def build_dataset(
         raise DataError(f"--workers must be >= 1, got {workers}")
     started = time.perf_counter()
     plans = make_plans(config, source)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    _remove_killed_builds(out)
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_killed_builds(out)
+        shutil.rmtree(tmp, ignore_errors=True)
         (tmp / SHARD_FOLDER).mkdir(parents=True)
         records = _write_shards(tmp, plans, config, source, workers, progress)
         write_index(tmp / INDEX_FILE, records)
@@ -86,6 +86,11 @@ def build_dataset(
         )
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _replace(tmp, out)
+    except OSError as err:  # read-only or full disk, --out below a file
+        where = f": {err.filename}" if err.filename else ""
+        raise DataError(
+            f"cannot write the dataset {out} ({err.strerror or err}{where}); nothing was written"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary

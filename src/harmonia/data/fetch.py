@@ -24,6 +24,7 @@ from harmonia.data.sources import FETCH_PARTS as PARTS
 from harmonia.data.sources import FETCH_STAMP as STAMP
 from harmonia.data.sources import default_cache
 from harmonia.errors import DataError
+from harmonia.files import write_atomic
 
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 # Published by TensorFlow Datasets (tensorflow_datasets/url_checksums/mnist.txt).
@@ -171,9 +172,7 @@ def _stamp(dest: Path, part: str, files: list[RemoteFile]) -> None:
         "files": len(files),
         "urls": sorted({f.url.rsplit("/", 1)[0] for f in files}),
     }
-    tmp = path.with_name(f".{STAMP}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(stamp, indent=2) + "\n")
 
 
 def _present(path: Path, sha256: str) -> bool:

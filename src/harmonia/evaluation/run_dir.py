@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harmonia.errors import CheckpointError, HarmoniaError
+from harmonia.config import parse_yaml
+from harmonia.errors import CheckpointError, HarmoniaError, first_line
 from harmonia.harmonization.ledger import ConflictLedger, LedgerEntry
 from harmonia.losses.temperature import DEFAULT_TEMPERATURE
 from harmonia.training.layout import CONFIG_FILE, EVAL_FILE, LEDGER_CSV, METRICS_FILE, MODEL_DIR
@@ -52,14 +51,19 @@ class RunDir:
         return self.model_dir
 
     def config(self) -> dict[str, Any]:
-        """The resolved training config (RUN/config.yaml) as plain data; {} when absent."""
+        """The resolved training config (RUN/config.yaml) as plain data; {} when absent.
+
+        Read with the config loader without YAML aliases (the trainer writes none), so a
+        hostile file can neither expand without bound nor nest deeper than the parser goes.
+        """
         path = self.path / CONFIG_FILE
         if not path.is_file():
             return {}
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise HarmoniaError(f"{path}: unreadable YAML ({str(err).splitlines()[0]})") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise HarmoniaError(f"{path}: unreadable ({first_line(err)})") from None
+        data = parse_yaml(text, source=str(path), aliases=False)
         return data if isinstance(data, dict) else {}
 
     def temperature(self) -> float:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from harmonia.errors import CheckpointError, ConfigError
+from harmonia.files import atomic_path, parse_json
 
 STATE_VERSION = 1
 CSV_COLUMNS = ("id", "score", "conflicts", "seen", "last_step", "rank")
@@ -213,7 +214,7 @@ class ConflictLedger:
                 score = repr(entry.score)  # shortest text that reads back as the same float
                 writer.writerow((entry.id, score, *entry[2:]))
 
-        return _atomic_write(Path(path), write)
+        return _write_text(Path(path), write)
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str], **settings: Any) -> ConflictLedger:
@@ -227,6 +228,11 @@ class ConflictLedger:
                 if missing:
                     raise CheckpointError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
                 for line in reader:
+                    if None in line.values():
+                        raise CheckpointError(
+                            f"{path}: line {reader.line_num} has fewer than "
+                            f"{len(reader.fieldnames or ())} fields (file cut short?)"
+                        )
                     columns["ids"].append(line["id"])
                     columns["score"].append(float(line["score"]))
                     for name in ("conflicts", "seen", "last_step"):
@@ -238,14 +244,14 @@ class ConflictLedger:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write `state_dict` as JSON, atomically (temp file then rename)."""
-        return _atomic_write(Path(path), lambda handle: json.dump(self.state_dict(), handle))
+        return _write_text(Path(path), lambda handle: json.dump(self.state_dict(), handle))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ConflictLedger:
         """Read a ledger written by `save` (settings included)."""
         try:
             with open(path, encoding="utf-8") as handle:
-                state = json.load(handle)
+                state = parse_json(handle.read())
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable ledger file: {err}") from None
         return cls.from_state_dict(state, source=str(path))
@@ -411,15 +417,8 @@ def _as_array(scores: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64)
 
 
-def _atomic_write(path: Path, write: Any) -> Path:
-    """Write a text file through a temp file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "w", newline="", encoding="utf-8") as stream:
-            write(stream)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+def _write_text(path: Path, write: Any) -> Path:
+    """Write a text file with ``write(stream)`` through `atomic_path` (temp file, then rename)."""
+    with atomic_path(path) as temp, open(temp, "w", newline="", encoding="utf-8") as stream:
+        write(stream)
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from harmonia.errors import CheckpointError, ConfigError
-from harmonia.files import write_atomic
+from harmonia.files import atomic_path, parse_json, write_atomic
 from harmonia.models.config import ModelConfig
 from harmonia.models.vocab import WordTokenizer
 
@@ -45,9 +44,8 @@ def save_pretrained(model: VATT, directory: str | Path) -> None:
     metadata = {"format": "pt", "harmonia": FORMAT, "config_sha256": _sha(config)}
     if vocab:
         metadata["vocab_sha256"] = _sha(vocab)
-    tmp = path / f".{WEIGHTS}.tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path / WEIGHTS)
+    with atomic_path(path / WEIGHTS) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
 
 
 def load_pretrained(directory: str | Path, device: torch.device | str | None = None) -> VATT:
@@ -92,8 +90,8 @@ def _read(path: Path) -> bytes:
 
 def _json_object(path: Path, data: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        doc = parse_json(data)
+    except ValueError as err:  # bad syntax or UTF-8, nested too deeply
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path}: expected a JSON object")

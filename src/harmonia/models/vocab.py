@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from harmonia.errors import CheckpointError
+from harmonia.files import parse_json, write_atomic
 
 PAD = "[PAD]"
 UNK = "[UNK]"
@@ -102,7 +103,7 @@ class WordTokenizer:
             raise CheckpointError(f"{source}: {err}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> WordTokenizer:
@@ -111,8 +112,8 @@ class WordTokenizer:
         except (OSError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path}: cannot read vocabulary ({err})") from None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
+            data = parse_json(text)
+        except ValueError as err:
             raise CheckpointError(f"{path}: not valid JSON ({err})") from None
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: expected a JSON object")

@@ -21,10 +21,19 @@ from harmonia.errors import HarmoniaError
 from harmonia.evaluation.labels import NOISE_FLAGS, noise_flag
 from harmonia.evaluation.noise_detection import detection_metrics, precision_at
 from harmonia.evaluation.run_dir import RunDir
-from harmonia.files import write_atomic
+from harmonia.files import parse_json, refuse_special, write_atomic
 from harmonia.harmonization.ledger import LedgerEntry
 from harmonia.reports import plots
-from harmonia.reports.html import audio_player, esc, img, key_values, page, section, table
+from harmonia.reports.html import (
+    audio_player,
+    esc,
+    img,
+    key_values,
+    page,
+    section,
+    table,
+    visible,
+)
 from harmonia.reports.media import data_uri, thumbnail_strip, wav_bytes
 from harmonia.reports.samples import MediaLookup, SampleMedia, dataset_media
 
@@ -74,7 +83,8 @@ def build_audit(
     index = load_labels(dataset) if dataset is not None else {}
     html_path = Path(out) if out is not None else run.path / "audit.html"
     csv_path = html_path.with_name(html_path.stem + "_scores.csv")
-    html_path.parent.mkdir(parents=True, exist_ok=True)
+    for path in (html_path, csv_path):
+        refuse_special(path)  # before writing either
 
     csv_text = _scores_csv(ledger, index)
     write_atomic(csv_path, csv_text)
@@ -182,8 +192,8 @@ def _short(value: object) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -327,7 +337,9 @@ def _suspects(
         frames = audio = captions = '<span class="small">not available</span>'
         if sample is not None:
             if sample.frames is not None:
-                frames = img(thumbnail_strip(sample.frames), f"frames of {row.id}", "strip")
+                frames = img(
+                    thumbnail_strip(sample.frames), f"frames of {visible(row.id)}", "strip"
+                )
             if sample.audio is not None:
                 audio = audio_player(wav_bytes(sample.audio, sample.sample_rate))
             if sample.captions:
@@ -336,7 +348,7 @@ def _suspects(
         rows.append(
             [
                 str(rank),
-                f"<b>{esc(row.id)}</b><br><span class='small'>{labels}</span>",
+                f"<bdi><b>{esc(visible(row.id))}</b></bdi><br><span class='small'>{labels}</span>",
                 f"{row.score:+.3f}<br><span class='small'>{row.conflicts}/{row.seen} conflicts</span>",
                 _truth_badge(record),
                 frames,
@@ -383,6 +395,18 @@ def _describe(record: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""How a spreadsheet cell that it would run as a formula starts."""
+
+
+def _inert(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (``=HYPERLINK(...)``), quoted with a
+    leading ``'``; numbers and other text as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _scores_csv(ledger: Sequence[LedgerEntry], index: Mapping[str, Mapping[str, Any]]) -> str:
     """rank, ledger columns, then index labels and ground-truth flags when the index has them."""
     label_cols = [k for k in LABEL_FIELDS if any(k in index.get(r.id, {}) for r in ledger)]
@@ -397,8 +421,15 @@ def _scores_csv(ledger: Sequence[LedgerEntry], index: Mapping[str, Mapping[str, 
     writer.writerow(header)
     for rank, r in enumerate(ledger, start=1):
         rec = index.get(r.id, {})
-        row: list[object] = [rank, r.id, f"{r.score:.6f}", r.conflicts, r.seen, r.last_step]
-        row += [rec.get(k, "") for k in label_cols]
+        row: list[object] = [
+            rank,
+            _inert(r.id),
+            f"{r.score:.6f}",
+            r.conflicts,
+            r.seen,
+            r.last_step,
+        ]
+        row += [_inert(rec.get(k, "")) for k in label_cols]
         row += [int(bool(rec[k])) if k in rec else "" for k in flag_cols]
         if flag_cols:
             flag = noise_flag(rec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 from harmonia.reports.media import data_uri
@@ -42,6 +43,14 @@ audio{width:180px;height:30px}
 def esc(value: object) -> str:
     """HTML-escaped text of any value (quotes too, so it is safe inside attributes)."""
     return html.escape(str(value), quote=True)
+
+
+def visible(text: str) -> str:
+    """``text`` with its invisible characters (bidi overrides, zero-width, other format and
+    control characters) spelt out as ``\\u202e``, so an id cannot display as another one."""
+    return "".join(
+        f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cf", "Cc") else c for c in text
+    )
 
 
 def img(png: bytes, alt: str, css_class: str = "") -> str:

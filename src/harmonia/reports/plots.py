@@ -31,6 +31,12 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+def plain_label(text: str) -> str:
+    """``text`` (a metric name from the run) as matplotlib shows it literally: ``$`` escaped,
+    so no ``$...$`` in it is parsed as mathtext (which fails on malformed formulas)."""
+    return text.replace("$", r"\$")
+
+
 def keys_with_prefix(records: Sequence[Record], prefix: str, suffix: str = "") -> list[str]:
     """Sorted metric names starting with `prefix` (and ending with `suffix`) that any record holds."""
     found = {k for r in records for k in r if k.startswith(prefix) and k.endswith(suffix)}
@@ -65,13 +71,12 @@ def _plot_lines(ax: Axes, records: Sequence[Record], keys: Sequence[str], label_
         window = max(1, x.size // 25)
         style = LINE_STYLES[drawn % len(LINE_STYLES)]  # overlapping series stay distinguishable
         (line,) = ax.plot(x, y, alpha=0.25 if window > 1 else 1.0, linewidth=1, linestyle=style)
+        label = plain_label(label_of(key))
         if window > 1:
             smooth = _smooth(y, window)
-            ax.plot(
-                x, smooth, color=line.get_color(), linewidth=2, linestyle=style, label=label_of(key)
-            )
+            ax.plot(x, smooth, color=line.get_color(), linewidth=2, linestyle=style, label=label)
         else:
-            line.set_label(label_of(key))
+            line.set_label(label)
             line.set_linewidth(1.8)
         drawn += 1
     if drawn:
@@ -163,7 +168,8 @@ def cosine_heatmap_figure(records: Sequence[Record]) -> Figure | None:
         )
         ax.plot(steps, mean, color="cyan", linewidth=1.2, label="mean")
         ax.set_ylabel("gradient cosine")
-        ax.set_title(f"Cosine distribution over training: {key.removeprefix(HIST_PREFIX)}")
+        pair = plain_label(key.removeprefix(HIST_PREFIX))
+        ax.set_title(f"Cosine distribution over training: {pair}")
         ax.legend(fontsize=8, loc="lower right")
         fig.colorbar(mesh, ax=ax, label="share of batch")
     axes[-1].set_xlabel("step")

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from harmonia.errors import CheckpointError, first_line
+from harmonia.files import parse_json
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -126,15 +127,29 @@ def _write_error(final: Path, previous: Path | None, err: BaseException) -> Chec
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the ``keep_last`` newest checkpoints, and leftovers of interrupted writes."""
+    """Delete all but the ``keep_last`` newest checkpoints, and leftovers of interrupted writes.
+
+    A checkpoint that is a symbolic link loses only the link: what it points to is left alone.
+    """
     root = Path(run_dir) / CHECKPOINTS
     for old in list_checkpoints(run_dir)[: -keep_last or None]:
+        if old.is_symlink():
+            old.unlink()
+            continue
         # renamed out of the listing first: a kill while deleting never leaves half a checkpoint
         doomed = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}old-{old.name}-", dir=root)
         os.replace(old, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        _remove(Path(doomed))
     for stale in root.glob(f"{_TEMP_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory tree; a symbolic link is unlinked, never followed."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -160,7 +175,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     ledger = None
     if (path / LEDGER).is_file():
         try:
-            ledger = json.loads((path / LEDGER).read_text(encoding="utf-8"))
+            ledger = parse_json((path / LEDGER).read_text(encoding="utf-8"))
         except ValueError as err:
             raise CheckpointError(f"cannot read {path / LEDGER}: {err}") from None
     return Checkpoint(path=path, step=int(state["step"]), state=state, ledger=ledger)
@@ -243,7 +258,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
+        manifest = parse_json(file.read_text(encoding="utf-8"))
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint {path} has an unreadable {MANIFEST}") from None
@@ -260,13 +275,13 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then deleted."""
     aside = None
-    if final.exists():
+    if os.path.lexists(final):  # a dangling link too
         aside = final.with_name(f"{_TEMP_PREFIX}old-{final.name}-{os.getpid()}")
         os.replace(final, aside)
     os.replace(tmp, final)
     _fsync(final.parent)
     if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+        _remove(aside)
 
 
 def _fsync(path: Path) -> None:

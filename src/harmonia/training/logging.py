@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from harmonia.files import write_atomic
+from harmonia.files import parse_json, write_atomic
 from harmonia.training.layout import METRICS_FILE
 
 TENSORBOARD_DIR = "tb"
@@ -124,14 +124,15 @@ class MetricLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All rows of a metrics.jsonl file (a torn last line from a killed run is ignored)."""
+    """All rows of a metrics.jsonl file; a line that does not parse (the torn last line of a
+    killed run, or one nested too deeply) is ignored."""
     rows: list[dict[str, Any]] = []
     if not Path(path).exists():
         return rows
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            rows.append(parse_json(line))
+        except ValueError:
             continue
     return rows
 

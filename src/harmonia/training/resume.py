@@ -7,13 +7,13 @@ process's share of the state saved per rank (data position, random generators).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from harmonia.config import to_dict
 from harmonia.errors import CheckpointError, HarmoniaError
+from harmonia.files import parse_json
 from harmonia.models import VATT
 from harmonia.training.checkpoint import (
     Checkpoint,
@@ -120,7 +120,7 @@ def rank_state(state: Mapping[str, Any], key: str, ctx: DistributedContext) -> A
 def finished_summary(run_dir: Path, steps: int) -> dict[str, Any] | None:
     """The run's summary if it already finished ``steps`` steps (its model written), else None."""
     try:
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary = parse_json((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # e.g. killed while writing it: finishing again rewrites it
     done = isinstance(summary, dict) and summary.get("status") == "finished"
