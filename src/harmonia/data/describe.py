@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from harmonia.errors import DataError, first_line
+
 
 def describe(summary: dict[str, Any]) -> str:
-    """A few lines: sizes and noise per split, media spec, bytes, build time, checksum."""
+    """A few lines: sizes and noise per split, media spec, bytes, build time, checksum.
+
+    A summary that lacks or mangles a field (a dataset from elsewhere) is a one-line DataError.
+    """
+    try:
+        return _describe(summary)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+        raise DataError(
+            f"summary.json lacks or mangles a field ({type(err).__name__}: {first_line(err)})"
+        ) from None
+
+
+def _describe(summary: dict[str, Any]) -> str:
     media = summary["media"]
     build = summary.get("build", {})
     source = build.get("source", {})

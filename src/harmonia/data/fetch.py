@@ -38,6 +38,8 @@ FSDD_MANIFEST = "fsdd_recordings.sha256"
 ENV_MNIST_URL = "HARMONIA_MNIST_URL"
 ENV_FSDD_URL = "HARMONIA_FSDD_URL"
 TIMEOUT_S = 30.0
+MAX_MNIST_BYTES = 4 << 20
+"""Cap on a pinned MNIST download (the images file is 1.6 MB); FSDD recordings: 1 MiB each."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class RemoteFile:
     url: str
     path: str
     sha256: str
+    max_bytes: int = 1 << 20
+    """A download that grows past this is stopped and discarded (the pinned file is smaller)."""
 
 
 def fsdd_manifest() -> dict[str, str]:
@@ -66,7 +70,9 @@ def source_files(
     """The pinned files of one part ("mnist" or "fsdd"), with base URLs from arguments, env or defaults."""
     if part == "mnist":
         base = _base(mnist_url or os.environ.get(ENV_MNIST_URL) or MNIST_URL)
-        return [RemoteFile(base + n, f"mnist/{n}", h) for n, h in MNIST_FILES.items()]
+        return [
+            RemoteFile(base + n, f"mnist/{n}", h, MAX_MNIST_BYTES) for n, h in MNIST_FILES.items()
+        ]
     if part == "fsdd":
         base = _base(fsdd_url or os.environ.get(ENV_FSDD_URL) or FSDD_URL)
         return [RemoteFile(base + n, f"fsdd/recordings/{n}", h) for n, h in fsdd_manifest().items()]
@@ -126,6 +132,10 @@ def fetch_files(
     return len(todo)
 
 
+class _TooLarge(Exception):
+    """A download exceeded its file's size cap."""
+
+
 def download(item: RemoteFile, dest: Path) -> None:
     """Fetch one file into dest/item.path via a temporary name; DataError on network or hash failure."""
     final = dest / item.path
@@ -137,9 +147,19 @@ def download(item: RemoteFile, dest: Path) -> None:
             urllib.request.urlopen(item.url, timeout=TIMEOUT_S) as response,
             partial.open("wb") as out,
         ):
+            received = 0
             while chunk := response.read(1 << 16):
+                received += len(chunk)
+                if received > item.max_bytes:
+                    raise _TooLarge
                 digest.update(chunk)
                 out.write(chunk)
+    except _TooLarge:
+        partial.unlink(missing_ok=True)
+        raise DataError(
+            f"cannot download {item.url}: larger than {item.max_bytes} bytes, which the pinned "
+            "file is not; discarded"
+        ) from None
     except urllib.error.HTTPError as err:
         partial.unlink(missing_ok=True)
         raise DataError(f"cannot download {item.url}: HTTP {err.code} {err.reason}") from None

@@ -13,6 +13,7 @@ from typing import Any
 
 from harmonia.data.spec import MediaSpec
 from harmonia.errors import DataError
+from harmonia.files import parse_json
 
 INDEX_FILE = "index.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -48,15 +49,49 @@ def read_index(root: Path | str, splits: Sequence[str] | str | None = None) -> l
         raise DataError(f"{path} not found: is {root} an AV-MNIST-T dataset (harmonia data build)?")
     wanted = {splits} if isinstance(splits, str) else (set(splits) if splits is not None else None)
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{path}:{number} is not valid JSON") from None
-            if wanted is None or record.get("split") in wanted:
-                records.append(record)
+    seen: set[str] = set()
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                try:
+                    record = parse_json(line)
+                except ValueError:
+                    raise DataError(f"{path}:{number} is not valid JSON") from None
+                problem = _record_problem(record)
+                if problem is None and record["id"] in seen:
+                    problem = f"sample id {record['id']!r} appears twice"
+                if problem is not None:
+                    raise DataError(f"{path}:{number}: {problem}")
+                seen.add(record["id"])
+                if wanted is None or record.get("split") in wanted:
+                    records.append(record)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text") from None
     return records
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _record_problem(record: Any) -> str | None:
+    """What makes an index record unusable (wrong types, lying offsets), or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key in ("id", "split", "shard"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"'{key}' must be a non-empty string"
+    members = record.get("members")
+    if not isinstance(members, dict) or not members:
+        return "'members' must be an object of members"
+    for ext, member in members.items():
+        if not isinstance(member, dict):
+            return f"member {ext!r} must be an object"
+        if not (_is_count(member.get("offset")) and _is_count(member.get("size"))):
+            return f"member {ext!r}: 'offset' and 'size' must be non-negative integers"
+        if not isinstance(member.get("sha256"), str):
+            return f"member {ext!r}: 'sha256' must be a string"
+    return None
 
 
 def load_summary(root: Path | str) -> dict[str, Any]:
@@ -65,12 +100,43 @@ def load_summary(root: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path} not found: is {root} an AV-MNIST-T dataset (harmonia data build)?")
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary = parse_json(path.read_bytes())
+    except ValueError:
         raise DataError(f"{path} is not valid JSON") from None
     if not isinstance(summary, dict) or summary.get("format") != FORMAT:
         raise DataError(f"{path} does not describe an {FORMAT} dataset")
+    splits = summary.get("splits")
+    if not isinstance(splits, dict) or not all(
+        isinstance(v, dict)
+        and _is_count(v.get("samples"))
+        and isinstance(v.get("shards"), list)
+        and all(isinstance(n, str) for n in v["shards"])
+        for v in splits.values()
+    ):
+        raise DataError(f"{path}: 'splits' must map each split to its samples and shard list")
+    if not isinstance(summary.get("media"), dict) or not isinstance(summary.get("checksum"), str):
+        raise DataError(f"{path}: 'media' (an object) and 'checksum' (a string) are required")
     return summary
+
+
+def split_shards(
+    root: Path | str, split: str, records: Sequence[dict[str, Any]] | None = None
+) -> list[str]:
+    """The shards of ``split`` as the summary lists them, checked against the index.
+
+    The index is covered by the content checksum and the summary's lists are not, so a list
+    that names other files than the split's index records (e.g. a ``pipe:`` command) is a
+    DataError rather than something to open.
+    """
+    listed = load_summary(root)["splits"][split]["shards"]
+    records = read_index(root, split) if records is None else records
+    indexed = list(dict.fromkeys(r["shard"] for r in records if r["split"] == split))
+    if listed != indexed:
+        raise DataError(
+            f"{Path(root) / SUMMARY_FILE}: the shard list of split {split!r} does not match "
+            f"{INDEX_FILE} ({len(listed)} listed, {len(indexed)} in the index)"
+        )
+    return list(listed)
 
 
 def load_media_spec(root: Path | str) -> MediaSpec:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harmonia.data.index import load_media_spec, read_index
 from harmonia.data.samples import CorruptSample, collate, decode_members, skip_record
-from harmonia.data.shards import TruncatedMember, read_member
+from harmonia.data.shards import TruncatedMember, open_shard, read_member
 from harmonia.errors import DataError
 
 
@@ -103,7 +103,7 @@ class ShardDataset(Dataset[dict[str, Any]]):
             self._files = {}
             self._pid = os.getpid()
         if shard not in self._files:
-            self._files[shard] = (self.root / shard).open("rb")
+            self._files[shard] = open_shard(self.root, shard)
         return self._files[shard]
 
     def close(self) -> None:

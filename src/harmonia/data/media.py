@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -75,6 +76,7 @@ def decode_mp4(data: bytes, spec: MediaSpec) -> tuple[np.ndarray, np.ndarray]:
             raise CorruptMedia("no audio stream")
         vstream = container.streams.video[0]
         astream = container.streams.audio[0]
+        _check_headers(vstream, astream, spec)
         vstream.codec_context.thread_count = 1
         frames: list[np.ndarray] = []
         to_rgb = VideoReformatter()  # one conversion context for all frames (much faster)
@@ -82,8 +84,19 @@ def decode_mp4(data: bytes, spec: MediaSpec) -> tuple[np.ndarray, np.ndarray]:
         covered = 0
         try:
             for packet in container.demux(vstream, astream):
+                if packet.stream is astream and _after_clip(packet, spec):
+                    continue  # audio past the clip's end: not decoded at all
                 for frame in packet.decode():
                     if isinstance(frame, av.VideoFrame):
+                        # checked per frame before converting: the stream may change size, and
+                        # a clip longer than the spec is rejected at its first extra frame
+                        if (frame.height, frame.width) != (spec.height, spec.width):
+                            raise CorruptMedia(
+                                f"video is {frame.height}x{frame.width}, "
+                                f"expected {spec.height}x{spec.width}"
+                            )
+                        if len(frames) == spec.frames:
+                            raise CorruptMedia(f"video has more than {spec.frames} frames")
                         frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
                     elif isinstance(frame, av.AudioFrame):
                         covered += _place_audio(frame, audio, spec)
@@ -91,12 +104,35 @@ def decode_mp4(data: bytes, spec: MediaSpec) -> tuple[np.ndarray, np.ndarray]:
             raise CorruptMedia(f"decoding failed ({_short(err)})") from None
     if len(frames) != spec.frames:
         raise CorruptMedia(f"video has {len(frames)} frames, expected {spec.frames}")
-    if frames[0].shape != (spec.height, spec.width, 3):
-        got = "x".join(map(str, frames[0].shape[:2]))
-        raise CorruptMedia(f"video is {got}, expected {spec.height}x{spec.width}")
     if covered < spec.audio_samples:
         raise CorruptMedia(f"audio has {covered} samples, expected {spec.audio_samples}")
     return np.stack(frames), np.clip(audio, -1.0, 1.0)
+
+
+def _check_headers(vstream: Any, astream: Any, spec: MediaSpec) -> None:
+    """Reject from the container's headers what decoding would reject, before decoding.
+
+    A few kilobytes of mp4 can declare 4096x2160 frames by the hundred: decoding them first
+    would cost gigabytes. Values a header leaves unknown (0) are checked while decoding.
+    """
+    width, height = vstream.codec_context.width, vstream.codec_context.height
+    if width and height and (height, width) != (spec.height, spec.width):
+        raise CorruptMedia(f"video is {height}x{width}, expected {spec.height}x{spec.width}")
+    if vstream.frames and vstream.frames != spec.frames:
+        raise CorruptMedia(f"video has {vstream.frames} frames, expected {spec.frames}")
+    rate = astream.codec_context.sample_rate
+    if rate and rate != spec.sample_rate:
+        raise CorruptMedia(f"audio is {rate} Hz, expected {spec.sample_rate}")
+
+
+def _after_clip(packet: Any, spec: MediaSpec) -> bool:
+    """True for an audio packet that starts after the clip's last sample."""
+    if packet.pts is None or packet.time_base is None:
+        return False
+    base = packet.time_base
+    return bool(
+        packet.pts * spec.sample_rate * base.numerator >= spec.audio_samples * base.denominator
+    )
 
 
 def _place_audio(frame: av.AudioFrame, out: np.ndarray, spec: MediaSpec) -> int:

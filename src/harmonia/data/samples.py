@@ -6,7 +6,6 @@ that travels with the next batch (batch["skipped"]), so the trainer can count an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +13,8 @@ import torch
 
 from harmonia.data.media import CorruptMedia, decode_mp4
 from harmonia.data.spec import MediaSpec
+from harmonia.errors import first_line
+from harmonia.files import parse_json
 
 SKIPPED = "skipped"
 
@@ -33,9 +34,9 @@ def decode_members(key: str, members: Mapping[str, bytes], spec: MediaSpec) -> d
     if "mp4" not in members:
         raise CorruptSample("missing mp4 member")
     try:
-        meta = json.loads(members["json"])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CorruptSample("json member is not valid JSON") from None
+        meta = parse_json(members["json"])
+    except ValueError as err:  # bad syntax or UTF-8, too deep, an integer of too many digits
+        raise CorruptSample(f"json member is not valid JSON ({first_line(err)[:80]})") from None
     captions = meta.get("captions") if isinstance(meta, dict) else None
     if not (isinstance(captions, list) and captions and all(isinstance(c, str) for c in captions)):
         raise CorruptSample("json member has no list of caption strings")

@@ -4,16 +4,54 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import tarfile
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 SHARD_FOLDER = "shards"
 
 
 class TruncatedMember(Exception):
-    """A tar member ends before its recorded size."""
+    """A tar member ends before its recorded size, or lies outside its shard."""
+
+
+class ShardRefused(OSError):
+    """A shard name from an index or summary that does not name a plain file inside the dataset."""
+
+
+def shard_path(root: Path, name: object) -> Path:
+    """The file of shard ``name`` (as an index or summary records it) inside the dataset ``root``.
+
+    The name must be a relative path without ``..``: never absolute, never a URL or ``pipe:``
+    command (it is only ever opened as a local file, see `open_shard`).
+    """
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        raise ShardRefused(f"shard name {name!r} is not a relative path")
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or ".." in parts:
+        raise ShardRefused(f"shard name {name!r} points outside the dataset")
+    return root / name
+
+
+def open_shard(root: Path, name: object) -> BinaryIO:
+    """Open shard ``name`` of ``root`` for reading; ShardRefused unless it is a regular file.
+
+    Opened non-blocking first, so a FIFO in its place cannot hang the reader; devices
+    (``/dev/zero``), directories and sockets are refused the same way.
+    """
+    path = shard_path(root, name)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ShardRefused(f"shard {name} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def shard_name(split: str, number: int) -> str:
@@ -53,7 +91,15 @@ def write_shard(
 
 
 def read_member(fh: BinaryIO, offset: int, size: int) -> bytes:
-    """The `size` bytes at `offset` of an open shard; TruncatedMember if the file ends early."""
+    """The `size` bytes at `offset` of an open shard; TruncatedMember if the file ends early.
+
+    The range is checked against the file's size first, so a lying index costs nothing.
+    """
+    end = fh.seek(0, io.SEEK_END)
+    if offset < 0 or size < 0 or offset + size > end:
+        raise TruncatedMember(
+            f"tar member truncated or outside the shard (bytes {offset}+{size} of {end})"
+        )
     fh.seek(offset)
     data = fh.read(size)
     if len(data) != size:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 import wave
@@ -148,23 +149,34 @@ def _find_mnist(folder: Path) -> tuple[Path, Path]:
     raise DataError(f"MNIST images not found in {folder} (expected {pattern})")
 
 
+IDX_MAX_BYTES = 1 << 28
+"""Largest IDX payload read (256 MiB; all 70,000 MNIST images are 55 MB)."""
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip) of unsigned bytes: images [N, R, C] or labels [N]."""
+    """Read an IDX file (optionally gzip) of unsigned bytes: images [N, R, C] or labels [N].
+
+    Only the bytes the header declares are read (and decompressed), so a small gzip that
+    inflates to gigabytes costs no more than its header says, within `IDX_MAX_BYTES`.
+    """
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
-            raw = fh.read()
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{path} is not an unsigned-byte IDX file")
+            ndim = head[3]
+            shape = fh.read(4 * ndim)
+            dims = tuple(int.from_bytes(shape[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            count = math.prod(dims)
+            if len(shape) < 4 * ndim or count > IDX_MAX_BYTES:
+                raise DataError(f"{path}: IDX header declares {dims}, more than this reads")
+            raw = fh.read(count)
     except (OSError, EOFError) as err:
         raise DataError(f"cannot read {path}: {err}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(dims))
-    if len(raw) < header + count:
-        raise DataError(f"{path} is truncated ({len(raw)} bytes, header says {header + count})")
-    return np.frombuffer(raw, dtype=np.uint8, count=count, offset=header).reshape(dims).copy()
+    if len(raw) < count:
+        raise DataError(f"{path} is truncated ({len(raw)} of {count} data bytes)")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims).copy()
 
 
 def list_recordings(folder: Path) -> list[Recording]:

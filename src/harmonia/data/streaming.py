@@ -16,8 +16,9 @@ from typing import Any
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from harmonia.data.index import load_media_spec, load_summary
+from harmonia.data.index import load_media_spec, load_summary, read_index, split_shards
 from harmonia.data.samples import CorruptSample, collate, decode_members, is_skip, skip_record
+from harmonia.data.shards import open_shard
 from harmonia.errors import DataError
 
 
@@ -48,7 +49,8 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             raise DataError(
                 f"{self.root} has no split {missing[0]!r} (has {', '.join(summary['splits'])})"
             )
-        self.shards: list[str] = [s for name in splits for s in summary["splits"][name]["shards"]]
+        records = read_index(self.root, splits)
+        self.shards: list[str] = [s for name in splits for s in split_shards(root, name, records)]
         self.num_samples = sum(int(summary["splits"][name]["samples"]) for name in splits)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -60,7 +62,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        urls = [str(self.root / s) for s in self.shards]
+        urls = list(self.shards)  # names inside the root, opened as plain files (_read_shards)
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         stages: list[Any] = [
             wds.SimpleShardList(urls, seed=self.seed + self.epoch if self.shuffle else None),
@@ -76,18 +78,16 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             stages.append(self._batches)
         return iter(wds.DataPipeline(*stages))
 
-    def _shard_name(self, url: str) -> str:
-        path = Path(url)
-        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else url
-
     def _read_shards(self, sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Group tar members by key: {"__key__", "__shard__", ext: bytes}; read errors -> skip records."""
+        seen: set[str] = set()
+        repeated: str | None = None  # the repeated key whose members are being passed over
         for source in sources:
-            shard = self._shard_name(source["url"])
+            shard = source["url"]
             current: dict[str, Any] | None = None
             try:
                 with (
-                    wds.gopen(source["url"], "rb") as stream,
+                    open_shard(self.root, shard) as stream,
                     tarfile.open(fileobj=stream, mode="r|") as tar,
                 ):
                     for info in tar:
@@ -98,6 +98,12 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
                             yield current
                             current = None
                         if current is None:
+                            if key in seen:  # a key repeated later: trained twice per epoch
+                                if key != repeated:
+                                    yield skip_record(key, shard, "duplicate key in the shards")
+                                    repeated = key
+                                continue
+                            seen.add(key)
                             current = {"__key__": key, "__shard__": shard}
                         member = tar.extractfile(info)
                         current[ext] = member.read() if member is not None else b""

@@ -6,8 +6,15 @@ import hashlib
 from pathlib import Path
 from typing import BinaryIO
 
-from harmonia.data.index import content_checksum, load_media_spec, load_summary, read_index
-from harmonia.data.shards import TruncatedMember, read_member
+from harmonia.data.index import (
+    content_checksum,
+    load_media_spec,
+    load_summary,
+    read_index,
+    split_shards,
+)
+from harmonia.data.shards import TruncatedMember, open_shard, read_member
+from harmonia.errors import DataError
 
 
 def verify_dataset(root: Path | str) -> list[str]:
@@ -18,17 +25,24 @@ def verify_dataset(root: Path | str) -> list[str]:
     problems = []
     if content_checksum(records, load_media_spec(root)) != summary["checksum"]:
         problems.append("index.jsonl does not match the checksum in summary.json")
+    for split in summary["splits"]:
+        try:
+            split_shards(root, split, records)
+        except DataError as err:
+            problems.append(str(err))
     handles: dict[str, BinaryIO | None] = {}
     try:
         for record in records:
             shard = record["shard"]
             if shard not in handles:
-                path = root / shard
-                if not path.is_file():
+                try:
+                    handles[shard] = open_shard(root, shard)
+                except FileNotFoundError:
                     problems.append(f"{shard}: missing")
                     handles[shard] = None
-                else:
-                    handles[shard] = path.open("rb")
+                except OSError as err:
+                    problems.append(f"{shard}: {err.strerror or err}")
+                    handles[shard] = None
             fh = handles[shard]
             if fh is None:
                 continue

@@ -7,7 +7,6 @@ split in a fixed order, so evaluations at different steps and runs are comparabl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -18,9 +17,10 @@ from torch.utils.data import DataLoader, Subset
 
 from harmonia.data import ShardDataset, build_dataset, collate, load_media_spec, read_index
 from harmonia.data.index import SUMMARY_FILE, load_summary
-from harmonia.data.shards import TruncatedMember, read_member
+from harmonia.data.shards import TruncatedMember, open_shard, read_member
 from harmonia.data.sources import resolve_source
 from harmonia.errors import CheckpointError, ConfigError, DataError
+from harmonia.files import parse_json
 from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.models import ModelConfig
 from harmonia.training.config import DataConfig, EvalConfig, SuspectsConfig
@@ -104,10 +104,10 @@ def split_captions(root: Path, split: str) -> list[str]:
             if member is None:
                 continue
             shard = record["shard"]
-            if shard not in handles:
-                handles[shard] = (root / shard).open("rb")
             try:
-                meta = json.loads(read_member(handles[shard], member["offset"], member["size"]))
+                if shard not in handles:
+                    handles[shard] = open_shard(root, shard)
+                meta = parse_json(read_member(handles[shard], member["offset"], member["size"]))
             except (TruncatedMember, ValueError, OSError):
                 continue
             texts = meta.get("captions") if isinstance(meta, dict) else None

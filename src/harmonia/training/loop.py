@@ -63,6 +63,7 @@ from harmonia.training.distributed import (
 from harmonia.training.guard import BadStepGuard, weights_error, weights_finite
 from harmonia.training.health import learning_health
 from harmonia.training.layout import LEDGER_CSV, TRACE_CSV
+from harmonia.training.lock import run_lock
 from harmonia.training.logging import MetricAccumulator, MetricLogger
 from harmonia.training.partition import RankEpochSampler
 from harmonia.training.resume import (
@@ -116,7 +117,10 @@ def train(
     if data_dir is not None:  # recorded in RUN/config.yaml, where evaluation looks for the data
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(data_dir)))
     device = resolve_device(cfg.train.device)
-    with DistributedContext.from_env(device.type, timeout_s=cfg.distributed.timeout_s) as ctx:
+    with (
+        DistributedContext.from_env(device.type, timeout_s=cfg.distributed.timeout_s) as ctx,
+        run_lock(run_dir, enabled=ctx.is_main),
+    ):
         try:
             where = ctx.device if ctx.is_distributed else device
             return _train(cfg, run_dir, ctx, where, data_dir=data_dir, resume=resume)
