@@ -219,17 +219,20 @@ def test_pipe_and_absolute_shard_names_are_never_run_or_followed(
 def test_a_fifo_or_device_as_shard_is_refused_without_hanging(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    first = read_index(tiny_dataset, "train")[0]
+    first, second = read_index(tiny_dataset, "train")[:2]
 
-    def to_fifo(records: list[dict[str, Any]]) -> None:
+    def special(records: list[dict[str, Any]]) -> None:
         records[0]["shard"] = "shards/fifo.tar"
+        records[1]["shard"] = "shards/zero.tar"
+        records[1]["members"]["json"]["size"] = 8_000_000_000
 
-    fifo = _rewrite(tiny_dataset, tmp_path / "fifo", to_fifo)
+    fifo = _rewrite(tiny_dataset, tmp_path / "fifo", special)
     os.mkfifo(fifo / "shards" / "fifo.tar")
     os.symlink("/dev/zero", fifo / "shards" / "zero.tar")
     data = ShardDataset(fifo, "train")
-    assert "not a regular file" in data[data.index_of(first["id"])]["skipped"]["reason"]
-    assert any("not a regular file" in p for p in verify_dataset(fifo))
+    for sample in (first, second):
+        assert "not a regular file" in data[data.index_of(sample["id"])]["skipped"]["reason"]
+    assert sum("not a regular file" in p for p in verify_dataset(fifo)) == 2
     assert split_captions(fifo, "train")  # the other samples' captions are still read
 
 
@@ -253,6 +256,7 @@ def test_member_ranges_beyond_the_shard_cost_nothing(tiny_dataset: Path, tmp_pat
         ("[1, 2, 3]", "not a JSON object"),
         ('{"id": "x", "split": "train", "members": {}}', "'shard' must be a non-empty string"),
         (None, "'offset' and 'size' must be non-negative integers"),
+        ("negative", "'offset' and 'size' must be non-negative integers"),
         ("[" * 100_000 + "]" * 100_000, "is not valid JSON"),
     ],
 )
@@ -262,9 +266,13 @@ def test_malformed_index_lines_are_one_line_errors(
     out = tmp_path / "bad"
     shutil.copytree(tiny_dataset, out)
     lines = (out / "index.jsonl").read_text().splitlines()
-    if line is None:
+    if line in (None, "negative"):
         record = json.loads(lines[2])
-        record["members"]["json"]["size"] = str(record["members"]["json"]["size"])
+        member = record["members"]["json"]
+        if line is None:
+            member["size"] = str(member["size"])
+        else:
+            member["offset"] = -5
         line = json.dumps(record)
     lines[2] = line
     (out / "index.jsonl").write_text("\n".join(lines) + "\n")
