@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from harmonia.harmonization.capture import Capture, owners
 from harmonia.harmonization.layer_grams import needs_outputs
-from harmonia.harmonization.methods import build_method
+from harmonia.harmonization.methods import Method, build_method
 from harmonia.harmonization.protocols import CurriculumLike
 from harmonia.harmonization.spaces import (
     SPACES,
@@ -39,8 +39,9 @@ class Harmonizer:
     """Per-sample cross-loss gradient harmonization for any model with a shared anchor.
 
     Args:
-        method: one of `harmonia.harmonization.methods.METHODS` ("none", "pcgrad", "gradvac",
-            "upgrad", "mgda").
+        method: a `Method` object (e.g. ``PCGrad()``) or the name of one in
+            `harmonia.harmonization.methods.METHODS` ("none", "pcgrad", "gradvac", "upgrad",
+            "mgda"; ``eps`` and ``**method_options`` then go to its constructor).
         space: "embedding" (``g_ik = u_ik``, cheapest), "parameters" (exact per-sample gradients
             over the anchor encoder's parameters; needs `capture`) or "batch" (whole-batch
             gradients over the encoder's parameters, classic multi-task surgery).
@@ -56,7 +57,7 @@ class Harmonizer:
 
     def __init__(
         self,
-        method: str = "pcgrad",
+        method: str | Method = "pcgrad",
         space: str = "embedding",
         curriculum: CurriculumLike | None = None,
         seed: int = 0,
@@ -77,7 +78,15 @@ class Harmonizer:
                 "a curriculum weights samples by their per-sample conflict, which space='batch' "
                 "does not measure; use space='embedding' or 'parameters'"
             )
-        self.method = build_method(method, eps=eps, **method_options)
+        if isinstance(method, Method):
+            if method_options:
+                raise ValueError(
+                    f"method options {', '.join(sorted(method_options))} belong to the "
+                    f"{type(method).__name__}(...) constructor when passing a method object"
+                )
+            self.method = method
+        else:
+            self.method = build_method(method, eps=eps, **method_options)
         self.space = space
         self.curriculum = curriculum
         self.verify = verify
