@@ -295,18 +295,19 @@ class Report:
         return count
 
     @staticmethod
-    def _overall(count: Mapping[str, int]) -> str:
-        """A claim's verdict over its cells: it holds only where it helps and nowhere hurts."""
+    def _overall(count: Mapping[str, int], claim: bool = True) -> str:
+        """A verdict over cells: a claim holds (a variant helps) only where it helps in some cell
+        and hurts in none."""
         helps, hurts = count["helps"], count["hurts"]
         if count["too few seeds"] + count["no runs"] == sum(count.values()):
             return "**not tested** (too few seeds or no runs)"
         if helps and not hurts:
-            return "**holds**"
+            return "**holds**" if claim else "**helps**"
         if hurts and not helps:
-            return "**does not hold: it hurts**"
+            return "**does not hold: it hurts**" if claim else "**hurts**"
         if helps and hurts:
             return "**mixed** (helps in some cells, hurts in others)"
-        return "**not supported** (no clear effect)"
+        return "**not supported** (no clear effect)" if claim else "**no clear effect**"
 
     @staticmethod
     def _cells(count: Mapping[str, int], unit: str = "(noise rate, headline metric)") -> str:
@@ -381,6 +382,7 @@ class Report:
             f"+GR+CL the extra source {self._cells(extra['gr+cl'], 'headline metric')}, "
             f"without it {self._cells(extra['baseline'], 'headline metric')}."
         )
+        alternative: dict[str, str] = {}
         for variant in ALTERNATIVES:
             versus = self._verdict_counts(
                 paired(self.ablation(variant, n), self.ablation("gr+cl", n), reader(_metric(k)))
@@ -392,11 +394,13 @@ class Report:
                 for n in b.noise_rates
                 for k in HEADLINE
             )
+            alternative[variant] = self._overall(alone, claim=False)
             lines.append(
-                f"- {VARIANT_LABELS[variant]} vs baseline: {self._overall(alone)}; "
+                f"- {VARIANT_LABELS[variant]} vs baseline: {alternative[variant]}; "
                 f"{self._cells(alone)}. +GR+CL against it: {self._cells(versus)}."
             )
         helpful = [VARIANT_LABELS[v] for v in claims.values() if overall[v] == "**holds**"]
+        instead = [VARIANT_LABELS[v] for v in ALTERNATIVES if alternative[v] == "**helps**"]
         lines += [
             "",
             "**For a user deciding whether to turn harmonization on**: "
@@ -406,11 +410,18 @@ class Report:
                 "step, parameter space several times more; docs/harmonizer.md)."
                 if helpful
                 else "on this data none of the paper's arms gave a consistent downstream gain "
-                "under the verdict rule (|d| >= 1, every seed agreeing). The per-sample "
-                "measurements are still useful as a noisiness signal (the ledger and "
-                "`harmonia audit`); whether to act on it by a curriculum, by filtering or not "
-                "at all is answered by the rows above, not by this page's claims."
-            ),
+                "under the verdict rule (|d| >= 1, every seed agreeing)"
+                + (
+                    f", while {' and '.join(instead)} helped in some cells and hurt in none (a "
+                    "weak result: few cells pass the rule); on this evidence the gradient-free "
+                    "routes are the safer use of the per-sample signal."
+                    if instead
+                    else ". The per-sample measurements are still useful as a noisiness signal "
+                    "(the ledger and `harmonia audit`)."
+                )
+            )
+            + " Read this together with the learning notes under Findings: a loss that has not "
+            "learned to generalize gives conflicts that say little about misalignment.",
             "",
         ]
         return lines
