@@ -29,13 +29,8 @@ def run_lock(run_dir: Path, *, enabled: bool = True, echo: bool = True) -> Itera
     if not enabled:
         yield
         return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as err:
-        raise HarmoniaError(
-            f"cannot use {run_dir} as a run directory ({err.strerror or err})"
-        ) from None
+    run_dir.mkdir(parents=True, exist_ok=True)  # an OSError here is reported like any write's
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
