@@ -27,7 +27,8 @@ from harmonia.data import (
 from harmonia.evaluation.evaluate import evaluate
 from harmonia.evaluation.labels import noise_flag
 from harmonia.harmonization.ledger import ConflictLedger
-from harmonia.models import VATT, ModelConfig, WordTokenizer
+from harmonia.models import VATT, ModelConfig
+from untrained_run import untrained_run
 
 
 def _key(x: Tensor) -> str:
@@ -109,12 +110,7 @@ def _ledger_from_flags(dataset: Path, path: Path) -> dict[str, bool]:
 @pytest.fixture(scope="module")
 def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RUN/ with an untrained tiny VATT, a config naming the dataset and a ledger."""
-    run = tmp_path_factory.mktemp("run")
-    data = ShardDataset(tiny_dataset, "train")
-    captions = [c for i in range(len(data)) for c in data[i]["text"]]
-    torch.manual_seed(0)
-    VATT(ModelConfig.named("tiny"), WordTokenizer.build(captions)).save_pretrained(run / "model")
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": str(tiny_dataset)}}))
+    run = untrained_run(tiny_dataset, tmp_path_factory.mktemp("run"))
     _ledger_from_flags(tiny_dataset, run / "ledger.csv")
     return run
 

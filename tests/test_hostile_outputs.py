@@ -23,18 +23,17 @@ import torch
 import yaml
 
 from harmonia.cli import main
-from harmonia.data import ShardDataset
 from harmonia.errors import CheckpointError, HarmoniaError, OutputError
 from harmonia.evaluation.run_dir import RunDir
 from harmonia.files import atomic_path, write_atomic
 from harmonia.harmonization.ledger import ConflictLedger
-from harmonia.models import VATT, ModelConfig
 from harmonia.models.pretrained import load_pretrained
 from harmonia.models.vocab import WordTokenizer
 from harmonia.reports import build_audit, plots
 from harmonia.training import checkpoint as ckpt
 from harmonia.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from harmonia.training.logging import MetricLogger, read_metrics
+from untrained_run import untrained_run
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000
 SMALL_BUILD = ["--train", "8", "--val", "4", "--test", "4", "--workers", "1", "--quiet"]
@@ -157,12 +156,7 @@ def test_a_failed_rename_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.fixture(scope="module")
 def eval_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RUN/ with an untrained tiny VATT, a config naming the dataset and a ledger."""
-    run = tmp_path_factory.mktemp("evalrun")
-    data = ShardDataset(tiny_dataset, "train")
-    captions = [c for i in range(len(data)) for c in data[i]["text"]]
-    torch.manual_seed(0)
-    VATT(ModelConfig.named("tiny"), WordTokenizer.build(captions)).save_pretrained(run / "model")
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"dir": str(tiny_dataset)}}))
+    run = untrained_run(tiny_dataset, tmp_path_factory.mktemp("evalrun"))
     ledger = ConflictLedger()
     ledger.update(["train-000000", "train-000001"], torch.tensor([0.5, -0.5]), step=1)
     ledger.to_csv(run / "ledger.csv")
