@@ -35,6 +35,9 @@ class Method(ABC):
     """
 
     name: ClassVar[str]
+    sums_without_conflict: ClassVar[bool] = True
+    """Whether gradients that conflict nowhere (all inner products >= 0) are left as their plain
+    sum (coefficients 1). MGDA is the exception: it always moves to the min-norm point."""
 
     def __init__(self, eps: float = 0.0) -> None:
         if not eps >= 0.0:

@@ -26,6 +26,7 @@ class MGDA(Method):
     """
 
     name = "mgda"
+    sums_without_conflict = False
 
     def combine(self, gram: Tensor, generator: torch.Generator) -> Combination:
         weights = simplex_min_norm(gram)
