@@ -40,11 +40,7 @@ def _rewrite(dataset: Path, out: Path, edit: Callable[[list[dict[str, Any]]], No
     shutil.copytree(dataset, out)
     records = read_index(out)
     edit(records)
-    write_index(out / "index.jsonl", records)
-    summary = json.loads((out / "summary.json").read_text())
-    summary["checksum"] = content_checksum(records, load_media_spec(out))
-    (out / "summary.json").write_text(json.dumps(summary))
-    return out
+    return _rewrite_records(out, records)
 
 
 def _replace_member(dataset: Path, out: Path, sample_id: str, ext: str, data: bytes) -> Path:
@@ -68,6 +64,7 @@ def _replace_member(dataset: Path, out: Path, sample_id: str, ext: str, data: by
 
 
 def _rewrite_records(out: Path, records: list[dict[str, Any]]) -> Path:
+    """Write ``records`` as ``out``'s index and recompute its checksum."""
     write_index(out / "index.jsonl", records)
     summary = json.loads((out / "summary.json").read_text())
     summary["checksum"] = content_checksum(records, load_media_spec(out))

@@ -120,15 +120,18 @@ def load_summary(root: Path | str) -> dict[str, Any]:
 
 
 def split_shards(
-    root: Path | str, split: str, records: Sequence[dict[str, Any]] | None = None
+    root: Path | str,
+    split: str,
+    records: Sequence[dict[str, Any]] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> list[str]:
     """The shards of ``split`` as the summary lists them, checked against the index.
 
     The index is covered by the content checksum and the summary's lists are not, so a list
     that names other files than the split's index records (e.g. a ``pipe:`` command) is a
-    DataError rather than something to open.
+    DataError rather than something to open. Callers that hold the index or summary pass them.
     """
-    listed = load_summary(root)["splits"][split]["shards"]
+    listed = (load_summary(root) if summary is None else summary)["splits"][split]["shards"]
     records = read_index(root, split) if records is None else records
     indexed = list(dict.fromkeys(r["shard"] for r in records if r["split"] == split))
     if listed != indexed:

@@ -50,7 +50,9 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
                 f"{self.root} has no split {missing[0]!r} (has {', '.join(summary['splits'])})"
             )
         records = read_index(self.root, splits)
-        self.shards: list[str] = [s for name in splits for s in split_shards(root, name, records)]
+        self.shards: list[str] = [
+            s for name in splits for s in split_shards(root, name, records, summary)
+        ]
         self.num_samples = sum(int(summary["splits"][name]["samples"]) for name in splits)
         self.batch_size = batch_size
         self.shuffle = shuffle

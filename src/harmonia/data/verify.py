@@ -27,7 +27,7 @@ def verify_dataset(root: Path | str) -> list[str]:
         problems.append("index.jsonl does not match the checksum in summary.json")
     for split in summary["splits"]:
         try:
-            split_shards(root, split, records)
+            split_shards(root, split, records, summary)
         except DataError as err:
             problems.append(str(err))
     handles: dict[str, BinaryIO | None] = {}
