@@ -277,7 +277,13 @@ def ddp_main(argv: Sequence[str]) -> int:
 # ------------------------------------------------------------------------- in the test process
 def child_env(threads: int = 1) -> dict[str, str]:
     """The environment of a child run: one thread per process (as the in-process references)."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    # a child that aborts in native code (SIGABRT, SIGSEGV) prints its Python stacks
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+    }
 
 
 def start(

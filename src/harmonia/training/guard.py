@@ -61,9 +61,18 @@ class BadStepGuard:
 
 
 def weights_finite(parameters: Iterable[torch.Tensor]) -> bool:
-    """True when every weight is a finite number (one reduction per tensor, one sync)."""
-    sums = [p.detach().float().sum() for p in parameters]
+    """True when every weight this process holds is a finite number (one sync, no collective).
+
+    Under FSDP2 each rank checks its own shards (the caller combines the ranks' answers): a
+    reduction over a whole sharded DTensor would be one implicit collective per parameter.
+    """
+    sums = [_local(p).detach().float().sum() for p in parameters]
     return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    to_local = getattr(param, "to_local", None)  # a DTensor's shard on this rank
+    return to_local() if callable(to_local) else param
 
 
 def weights_error(step: int, newest_checkpoint: object) -> TrainingDiverged:
