@@ -20,11 +20,12 @@ from harmonia.cli import main
 from harmonia.data import ShardDataset, build_dataset, load_labels, read_index
 from harmonia.data.config import BuildConfig
 from harmonia.data.sources import SourceData
-from harmonia.experiments.analysis import Stat, paired, verdict
+from harmonia.experiments.analysis import Stat, paired
 from harmonia.experiments.datasets import extra_view
 from harmonia.experiments.plan import BUDGETS, VARIANTS, Budget, RunSpec, make_plan
 from harmonia.experiments.runner import fingerprint, run_all, run_one
 from harmonia.experiments.study import reproduce
+from harmonia.experiments.verdicts import verdict
 
 
 def test_the_full_plan_covers_every_cell_of_the_study() -> None:

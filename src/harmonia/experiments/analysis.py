@@ -1,5 +1,8 @@
 """Numbers of the study from run results: metrics per run, mean +- std over seeds, paired deltas.
 
+Only numbers: what they mean (helps / hurts, which claims hold) is `verdicts`, and the page
+that shows both is `report`.
+
 A difference to the baseline is paired by seed (same seed = same initialization and, for the
 plain shuffle, the same batch order), so its std measures how consistent the effect is; the
 effect size is the mean difference in units of the seed std (the pooled std of the two arms).
@@ -68,6 +71,11 @@ INSTANCE_METRICS: tuple[Metric, ...] = (
         _path("retrieval", "audio->video", "instance", "R@1"),
     ),
 )
+
+
+def metric(key: str) -> Metric:
+    """The metric (of `METRICS` or `INSTANCE_METRICS`) with this key."""
+    return next(m for m in (*METRICS, *INSTANCE_METRICS) if m.key == key)
 
 
 def metric_value(result: Result, metric: Metric) -> float | None:
@@ -147,6 +155,21 @@ def select(results: Iterable[Result], **spec: Any) -> list[Result]:
     return out
 
 
+def ablation(results: Iterable[Result], variant: str, noise: float, **extra: Any) -> list[Result]:
+    """The ablation study's runs of one cell (variant, noise rate), every seed."""
+    return select(results, study="ablation", variant=variant, noise=noise, **extra)
+
+
+def scaling(results: Iterable[Result], variant: str) -> list[Result]:
+    """The scaling study's runs (clean + extra source) of one variant, every seed."""
+    return select(results, study="scaling", variant=variant)
+
+
+def noisy(rates: Iterable[float]) -> tuple[float, ...]:
+    """The noise rates with misaligned training triplets (so something to detect)."""
+    return tuple(n for n in rates if n > 0)
+
+
 def by_seed(results: Iterable[Result], read: Callable[[Result], float | None]) -> dict[int, float]:
     out: dict[int, float] = {}
     for r in results:
@@ -175,25 +198,6 @@ def reader(metric: Metric) -> Callable[[Result], float | None]:
     return lambda r: metric_value(r, metric)
 
 
-def verdict(delta: Delta | None, threshold: float = 1.0) -> str:
-    """'helps' / 'hurts' when every seed agrees and |effect| >= threshold, else 'no clear effect'.
-
-    Needs at least two seeds; with one there is no seed std to measure an effect against.
-    """
-    if delta is None:
-        return "no runs"
-    if delta.diff.n < 2:
-        return "too few seeds"
-    n, effect = delta.diff.n, delta.effect
-    if effect is None:  # both arms constant over seeds
-        effect = math.copysign(math.inf, delta.diff.mean) if delta.diff.mean else 0.0
-    if effect >= threshold and delta.wins == n:
-        return "helps"
-    if effect <= -threshold and delta.wins == 0:
-        return "hurts"
-    return "no clear effect"
-
-
 def mean_conflict_fraction(result: Result) -> float | None:
     """Fraction of triplets whose two gradients conflict, averaged over the logged steps."""
     values = [v for pair in result.get("conflict", {}).values() for v in pair.get("fraction", [])]
@@ -208,3 +212,20 @@ def ledger_means(result: Result) -> dict[str, float]:
         for group, scores in result.get("ledger", {}).items()
         if scores
     }
+
+
+def metric_stat(runs: Iterable[Result], metric: Metric) -> Stat | None:
+    """Mean and std over the runs (seeds) of one metric."""
+    return Stat.of(metric_value(r, metric) for r in runs)
+
+
+def conflict_share(runs: Iterable[Result]) -> Stat | None:
+    """Mean and std over the runs of their share of conflicting triplets."""
+    return Stat.of(mean_conflict_fraction(r) for r in runs)
+
+
+def detection_stat(
+    runs: Iterable[Result], score: str, target: str, what: str = "auroc"
+) -> Stat | None:
+    """Mean and std over the runs of `score_detection` (how well a score finds `target`)."""
+    return Stat.of(score_detection(r, score, target, what) for r in runs)

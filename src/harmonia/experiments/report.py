@@ -1,8 +1,11 @@
-"""docs/RESULTS.md of the study, written from run results only (tables, claims, figures, setup)."""
+"""docs/RESULTS.md of the study: its numbers and verdicts as Markdown (tables, claims, setup).
+
+Rendering only: the numbers come from `analysis`, every verdict (which differences are clear,
+which claims hold, what to advise) from `verdicts`; nothing here decides.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -13,14 +16,16 @@ from harmonia.experiments.analysis import (
     Metric,
     Result,
     Stat,
+    ablation,
+    conflict_share,
+    detection_stat,
     ledger_means,
-    mean_conflict_fraction,
-    metric_value,
+    metric_stat,
+    noisy,
     paired,
     reader,
-    score_detection,
+    scaling,
     select,
-    verdict,
 )
 from harmonia.experiments.plan import (
     ALTERNATIVES,
@@ -30,19 +35,49 @@ from harmonia.experiments.plan import (
     VARIANTS,
     StudyPlan,
 )
-from harmonia.training.health import judge
-
-SCORES: tuple[tuple[str, str], ...] = (
-    ("conflict", "conflict (paper)"),
-    ("gradient_norm", "gradient_norm"),
-    ("loss", "online loss"),
-    ("pair_cos", "pair cosine (final model)"),
-    ("el2n", "EL2N (final model)"),
+from harmonia.experiments.verdicts import (
+    DETECTION_SCORES,
+    DETECTION_TARGETS,
+    EFFECT_THRESHOLD,
+    UNTESTED,
+    Cell,
+    Outcome,
+    StudyVerdicts,
+    Tally,
+    judge_study,
 )
-"""The noise-detection table's scores (`score_detection` names) and column labels."""
 
-HEADLINE = ("zs_digit", "t2v", "a2v", "probe_vd")
-"""Metrics the claims are judged on (downstream retrieval and classification)."""
+SCORE_LABELS: dict[str, str] = {
+    "conflict": "conflict (paper)",
+    "gradient_norm": "gradient_norm",
+    "loss": "online loss",
+    "pair_cos": "pair cosine (final model)",
+    "el2n": "EL2N (final model)",
+}
+"""Column labels of the noise-detection table, by `verdicts.DETECTION_SCORES` name."""
+
+CLAIM_WORDS: dict[Outcome, str] = {
+    "helps": "**holds**",
+    "hurts": "**does not hold: it hurts**",
+    "mixed": "**mixed** (helps in some cells, hurts in others)",
+    "no clear effect": "**not supported** (no clear effect)",
+    "not tested": "**not tested** (too few seeds or no runs)",
+}
+"""A claim's outcome over its cells, in words."""
+
+EFFECT_WORDS: dict[Outcome, str] = {
+    **CLAIM_WORDS,
+    "helps": "**helps**",
+    "hurts": "**hurts**",
+    "no clear effect": "**no clear effect**",
+}
+"""An alternative's outcome over its cells (not a claim of the paper), in words."""
+
+RULE = f"|d| >= {EFFECT_THRESHOLD:g}"
+"""The verdict rule's effect-size condition, as the page states it."""
+
+TARGET_NAMES = {"text": "caption", "audio": "audio"}
+"""Detection targets in the page's words."""
 
 
 def pct(stat: Stat | None) -> str:
@@ -104,8 +139,9 @@ def _drop_fraction() -> float:
     return load_train_config(VARIANTS["filter"]).data.drop_suspects.fraction
 
 
-def _metric(key: str) -> Metric:
-    return next(m for m in (*METRICS, *INSTANCE_METRICS) if m.key == key)
+def _cells_text(cells: Iterable[Cell]) -> str:
+    """Each cell's metric, difference and verdict, one per line of a table cell."""
+    return "<br>".join(f"{c.metric.label} {fmt_delta(c.delta)}: {c.verdict}" for c in cells)
 
 
 class Report:
@@ -117,15 +153,10 @@ class Report:
         self.results = [r for r in results if "error" not in r]
         self.failed = [r for r in results if "error" in r]
         self.facts = facts
+        self.judged: StudyVerdicts = judge_study(self.budget, self.results)
 
-    # ---- comparisons
-    def ablation(self, variant: str, noise: float, **extra: Any) -> list[Result]:
-        return select(self.results, study="ablation", variant=variant, noise=noise, **extra)
-
-    def versus_baseline(self, variant: str, noise: float, metric: Metric) -> Delta | None:
-        return paired(
-            self.ablation("baseline", noise), self.ablation(variant, noise), reader(metric)
-        )
+    def ablation(self, variant: str, noise: float) -> list[Result]:
+        return ablation(self.results, variant, noise)
 
     # ---- sections
     def render(self) -> str:
@@ -209,30 +240,27 @@ class Report:
             "- **Differences** to the baseline are paired by seed: `Δ ± sd (d, w/n)` is the mean "
             "difference ± its std over seeds, d = mean difference / pooled seed std of the two "
             "arms (the effect in units of the seed std), w/n = seeds where the variant is better. "
-            "A verdict says *helps* / *hurts* only when |d| >= 1 and every seed agrees.",
+            f"A verdict says *helps* / *hurts* only when {RULE} and every seed agrees.",
             "",
         ]
         return lines
 
     def claims(self) -> list[str]:
-        b = self.budget
+        b, judged = self.budget, self.judged
         lines = ["## The claims, and what a practitioner would do instead", ""]
         rows = []
         # (1) conflicts
-        for noise in b.noise_rates:
-            runs = self.ablation("baseline", noise)
-            frac = Stat.of(mean_conflict_fraction(r) for r in runs)
-            text = f"{pct(frac)} % of triplets conflict (mean over training)"
-            if noise > 0:
-                caption, audio = (
-                    Stat.of(score_detection(r, "conflict", t) for r in runs)
-                    for t in ("text", "audio")
-                )
+        for share in judged.conflicts.shares:
+            text = f"{pct(share.fraction)} % of triplets conflict (mean over training)"
+            if share.detection is not None:
+                caption, audio = share.detection
                 text += (
                     f"; the conflict score's AUROC for caption-misaligned triplets {num(caption)}, "
                     f"audio-misaligned {num(audio)}"
                 )
-            rows.append(["(1) conflicts are common", f"baseline, {noise:.0%} misaligned", text])
+            rows.append(
+                ["(1) conflicts are common", f"baseline, {share.noise:.0%} misaligned", text]
+            )
         # (2), (3): GR, CL, GR+CL vs baseline on the headline metrics at each noise rate
         for claim, variant in (
             ("(2) GR helps", "gr"),
@@ -240,15 +268,11 @@ class Report:
             ("(2+3) both most", "gr+cl"),
         ):
             for noise in b.noise_rates:
-                parts = []
-                for key in HEADLINE:
-                    delta = self.versus_baseline(variant, noise, _metric(key))
-                    parts.append(f"{_metric(key).label} {fmt_delta(delta)}: {verdict(delta)}")
                 rows.append(
                     [
                         claim,
                         f"{VARIANT_LABELS[variant]} vs baseline, {noise:.0%}",
-                        "<br>".join(parts),
+                        _cells_text(judged.versus_baseline[variant].at(noise)),
                     ]
                 )
         # the alternatives: vs the baseline, and the paper's best arm against each
@@ -258,7 +282,7 @@ class Report:
                     [
                         "(alt) the same signal used otherwise",
                         f"{VARIANT_LABELS[variant]} vs baseline, {noise:.0%}",
-                        self._headline_deltas(self.ablation("baseline", noise), variant, noise),
+                        _cells_text(judged.versus_baseline[variant].at(noise)),
                     ]
                 )
             for noise in b.noise_rates:
@@ -266,141 +290,72 @@ class Report:
                     [
                         "(alt) is harmonization the best use?",
                         f"+GR+CL vs {VARIANT_LABELS[variant]}, {noise:.0%}",
-                        self._headline_deltas(self.ablation(variant, noise), "gr+cl", noise),
+                        _cells_text(judged.harmonized_versus[variant].at(noise)),
                     ]
                 )
         # (4) scaling
-        for variant in ("baseline", "gr+cl"):
-            clean = self.ablation(variant, 0.0)
-            extra = select(self.results, study="scaling", variant=variant)
-            parts = []
-            for key in HEADLINE:
-                delta = paired(clean, extra, reader(_metric(key)))
-                parts.append(f"{_metric(key).label} {fmt_delta(delta)}: {verdict(delta)}")
+        for variant, comparison in judged.scaling.comparisons.items():
             rows.append(
                 [
                     "(4) extra noisy source helps only with harmonization",
                     f"{VARIANT_LABELS[variant]}: clean+extra vs clean",
-                    "<br>".join(parts),
+                    _cells_text(comparison.cells),
                 ]
             )
         lines += _table(["claim", "comparison", "result (Δ in points): verdict"], rows, left=3)
         return lines
 
     @staticmethod
-    def _verdict_counts(deltas: Iterable[Delta | None]) -> dict[str, int]:
-        count = {"helps": 0, "hurts": 0, "no clear effect": 0, "too few seeds": 0, "no runs": 0}
-        for delta in deltas:
-            count[verdict(delta)] += 1
-        return count
-
-    @staticmethod
-    def _overall(count: Mapping[str, int], claim: bool = True) -> str:
-        """A verdict over cells: a claim holds (a variant helps) only where it helps in some cell
-        and hurts in none."""
-        helps, hurts = count["helps"], count["hurts"]
-        if count["too few seeds"] + count["no runs"] == sum(count.values()):
-            return "**not tested** (too few seeds or no runs)"
-        if helps and not hurts:
-            return "**holds**" if claim else "**helps**"
-        if hurts and not helps:
-            return "**does not hold: it hurts**" if claim else "**hurts**"
-        if helps and hurts:
-            return "**mixed** (helps in some cells, hurts in others)"
-        return "**not supported** (no clear effect)" if claim else "**no clear effect**"
-
-    @staticmethod
-    def _cells(count: Mapping[str, int], unit: str = "(noise rate, headline metric)") -> str:
-        rest = "".join(
-            f", {what} in {count[what]}" for what in ("too few seeds", "no runs") if count[what]
-        )
+    def _cells(count: Tally, unit: str = "(noise rate, headline metric)") -> str:
+        rest = "".join(f", {what} in {count[what]}" for what in UNTESTED if count[what])
         return (
             f"helps in {count['helps']}, hurts in {count['hurts']}, no clear effect in "
-            f"{count['no clear effect']}{rest} of {sum(count.values())} {unit} cells"
+            f"{count['no clear effect']}{rest} of {count.total} {unit} cells"
         )
 
     def verdicts(self) -> list[str]:
         """Each claim in one line, and what it means for a user deciding on harmonization."""
-        b = self.budget
+        judged = self.judged
         lines = ["## What holds on AV-MNIST-T", ""]
-        fracs = [
-            Stat.of(mean_conflict_fraction(r) for r in self.ablation("baseline", n))
-            for n in b.noise_rates
-        ]
-        conflict = [
-            Stat.of(score_detection(r, "conflict", t) for r in self.ablation("baseline", n))
-            for n in b.noise_rates
-            if n > 0
-            for t in ("text", "audio")
-        ]
-        if all(f is not None for f in fracs):
+        if judged.conflicts.measured:
             shares = ", ".join(
-                f"{100 * f.mean:.0f}% at {n:.0%}"
-                for f, n in zip(fracs, b.noise_rates, strict=True)
-                if f is not None
+                f"{100 * s.fraction.mean:.0f}% at {s.noise:.0%}"
+                for s in judged.conflicts.shares
+                if s.fraction is not None
             )
-            aurocs = [c.mean for c in conflict if c is not None]
+            span = judged.conflicts.auroc_range
             marks = (
-                f"; as a noisiness score the conflict reaches AUROC {min(aurocs):.2f}-"
-                f"{max(aurocs):.2f} for misaligned triplets"
-                if aurocs
+                f"; as a noisiness score the conflict reaches AUROC {span[0]:.2f}-"
+                f"{span[1]:.2f} for misaligned triplets"
+                if span is not None
                 else ""
             )
             lines.append(
                 f"- (1) conflicts are common: {shares} of triplets conflict (baseline){marks}."
             )
         claims = {"(2) GR helps": "gr", "(3) CL helps": "cl", "(2+3) both help": "gr+cl"}
-        overall: dict[str, str] = {}
         for claim, variant in claims.items():
-            count = self._verdict_counts(
-                self.versus_baseline(variant, n, _metric(k))
-                for n in b.noise_rates
-                for k in HEADLINE
-            )
-            overall[variant] = self._overall(count)
-            lines.append(f"- {claim}: {overall[variant]}; {self._cells(count)}.")
-        extra = {
-            v: self._verdict_counts(
-                paired(
-                    self.ablation(v, 0.0),
-                    select(self.results, study="scaling", variant=v),
-                    reader(_metric(k)),
-                )
-                for k in HEADLINE
-            )
-            for v in ("baseline", "gr+cl")
-        }
-        scaling = (
-            "**holds**"
-            if extra["gr+cl"]["helps"]
-            and not extra["gr+cl"]["hurts"]
-            and not extra["baseline"]["helps"]
-            else "**not supported**"
-        )
-        lines.append(
-            f"- (4) a noisier extra source helps only with harmonization: {scaling}; with "
-            f"+GR+CL the extra source {self._cells(extra['gr+cl'], 'headline metric')}, "
-            f"without it {self._cells(extra['baseline'], 'headline metric')}."
-        )
-        alternative: dict[str, str] = {}
-        for variant in ALTERNATIVES:
-            versus = self._verdict_counts(
-                paired(self.ablation(variant, n), self.ablation("gr+cl", n), reader(_metric(k)))
-                for n in b.noise_rates
-                for k in HEADLINE
-            )
-            alone = self._verdict_counts(
-                self.versus_baseline(variant, n, _metric(k))
-                for n in b.noise_rates
-                for k in HEADLINE
-            )
-            alternative[variant] = self._overall(alone, claim=False)
+            comparison = judged.versus_baseline[variant]
             lines.append(
-                f"- {VARIANT_LABELS[variant]} vs baseline: {alternative[variant]}; "
-                f"{self._cells(alone)}. +GR+CL against it: {self._cells(versus)}."
+                f"- {claim}: {CLAIM_WORDS[comparison.outcome]}; {self._cells(comparison.tally)}."
             )
-        helpful = [VARIANT_LABELS[v] for v in claims.values() if overall[v] == "**holds**"]
-        instead = [VARIANT_LABELS[v] for v in ALTERNATIVES if alternative[v] == "**helps**"]
+        extra = judged.scaling.comparisons
+        lines.append(
+            "- (4) a noisier extra source helps only with harmonization: "
+            f"{'**holds**' if judged.scaling.holds else '**not supported**'}; with "
+            f"+GR+CL the extra source {self._cells(extra['gr+cl'].tally, 'headline metric')}, "
+            f"without it {self._cells(extra['baseline'].tally, 'headline metric')}."
+        )
+        for variant in ALTERNATIVES:
+            alone = judged.versus_baseline[variant]
+            versus = judged.harmonized_versus[variant]
+            lines.append(
+                f"- {VARIANT_LABELS[variant]} vs baseline: {EFFECT_WORDS[alone.outcome]}; "
+                f"{self._cells(alone.tally)}. +GR+CL against it: {self._cells(versus.tally)}."
+            )
+        advice = judged.advice
+        helpful = [VARIANT_LABELS[v] for v in advice.helpful]
+        instead = [VARIANT_LABELS[v] for v in advice.instead]
         lines += [
             "",
             "**For a user deciding whether to turn harmonization on**: "
@@ -410,7 +365,7 @@ class Report:
                 "step, parameter space several times more; docs/harmonizer.md)."
                 if helpful
                 else "on this data none of the paper's arms gave a consistent downstream gain "
-                "under the verdict rule (|d| >= 1, every seed agreeing)"
+                f"under the verdict rule ({RULE}, every seed agreeing)"
                 + (
                     f", while {' and '.join(instead)} helped in some cells and hurt in none (a "
                     "weak result: few cells pass the rule); on this evidence the gradient-free "
@@ -426,21 +381,13 @@ class Report:
         ]
         return lines
 
-    def _headline_deltas(self, reference: Sequence[Result], variant: str, noise: float) -> str:
-        """`variant` - `reference` on each headline metric, with its verdict, one per line."""
-        parts = []
-        for key in HEADLINE:
-            delta = paired(reference, self.ablation(variant, noise), reader(_metric(key)))
-            parts.append(f"{_metric(key).label} {fmt_delta(delta)}: {verdict(delta)}")
-        return "<br>".join(parts)
-
     def _mean_rows(self, metrics: Sequence[Metric]) -> list[list[str]]:
         """One row per (noise rate, variant) of the ablation: mean ± std of each metric."""
         rows = []
         for noise in self.budget.noise_rates:
             for variant, label in VARIANT_LABELS.items():
                 runs = self.ablation(variant, noise)
-                means = (pct(Stat.of(metric_value(r, m) for r in runs)) for m in metrics)
+                means = (pct(metric_stat(runs, m)) for m in metrics)
                 rows.append([f"{noise:.0%}", label, *means])
         return rows
 
@@ -452,7 +399,8 @@ class Report:
         rows = []
         for noise in self.budget.noise_rates:
             for variant in (*PAPER_VARIANTS, *ALTERNATIVES):
-                deltas = (fmt_delta(self.versus_baseline(variant, noise, m)) for m in METRICS)
+                base, runs = self.ablation("baseline", noise), self.ablation(variant, noise)
+                deltas = (fmt_delta(paired(base, runs, reader(m))) for m in METRICS)
                 rows.append([f"{noise:.0%}", VARIANT_LABELS[variant], *deltas])
         lines += _table(header, rows, left=2)
         lines += [
@@ -475,7 +423,7 @@ class Report:
                     label,
                     str(len(runs)),
                     "-" if seconds is None else f"{seconds.mean:.0f}",
-                    *(pct(Stat.of(metric_value(r, m) for r in runs)) for m in METRICS),
+                    *(pct(metric_stat(runs, m)) for m in METRICS),
                 ]
             )
         return lines + _table(header, rows)
@@ -535,7 +483,7 @@ class Report:
             arms.append(
                 (
                     f"clean + extra, {VARIANT_LABELS[variant]}",
-                    select(self.results, study="scaling", variant=variant),
+                    scaling(self.results, variant),
                 )
             )
         lines = self._contrast(
@@ -575,21 +523,18 @@ class Report:
             "blocks of 32.",
             "",
         ]
-        header = ["noise", "target", *(label for _, label in SCORES), "prevalence"]
+        header = ["noise", "target", *(SCORE_LABELS[s] for s in DETECTION_SCORES), "prevalence"]
         rows = []
-        for noise in self.budget.noise_rates:
-            if noise == 0:
-                continue
+        for noise in noisy(self.budget.noise_rates):
             runs = self.ablation("baseline", noise)
-            for target in ("text", "audio"):
+            for target in DETECTION_TARGETS:
                 cells = []
-                for score, _ in SCORES:
-                    auc = Stat.of(score_detection(r, score, target) for r in runs)
-                    p_k = Stat.of(score_detection(r, score, target, "precision_at_k") for r in runs)
+                for score in DETECTION_SCORES:
+                    auc = detection_stat(runs, score, target)
+                    p_k = detection_stat(runs, score, target, "precision_at_k")
                     cells.append(f"{num(auc, 2)} / {num(p_k, 2)}")
-                prev = Stat.of(score_detection(r, "pair_cos", target, "prevalence") for r in runs)
-                name = "caption" if target == "text" else target
-                rows.append([f"{noise:.0%}", name, *cells, num(prev, 2)])
+                prev = detection_stat(runs, "pair_cos", target, "prevalence")
+                rows.append([f"{noise:.0%}", TARGET_NAMES[target], *cells, num(prev, 2)])
         return lines + _table(header, rows, left=2)
 
     def conflict_table(self) -> list[str]:
@@ -613,7 +558,7 @@ class Report:
         for noise in self.budget.noise_rates:
             for variant, label in VARIANT_LABELS.items():
                 runs = self.ablation(variant, noise)
-                frac = Stat.of(mean_conflict_fraction(r) for r in runs)
+                frac = conflict_share(runs)
                 means = [ledger_means(r) for r in runs]
                 cells = [
                     num(Stat.of(m.get(g) for m in means))
@@ -629,35 +574,24 @@ class Report:
         return lines
 
     def findings(self) -> list[str]:
-        b = self.budget
+        b, judged = self.budget, self.judged
         lines = ["## Findings", ""]
-        cells = {
-            variant: self._verdict_counts(
-                self.versus_baseline(variant, noise, _metric(key))
-                for noise in b.noise_rates
-                for key in HEADLINE
-            )
-            for variant in (*PAPER_VARIANTS, *ALTERNATIVES)
-        }
-        for variant, count in cells.items():
-            total = sum(count.values())
+        for variant in (*PAPER_VARIANTS, *ALTERNATIVES):
+            count = judged.versus_baseline[variant].tally
             lines.append(
-                f"- **{VARIANT_LABELS[variant]} vs baseline** over {total} (noise rate, headline "
-                f"metric) cells: helps in {count['helps']}, hurts in {count['hurts']}, no clear "
-                f"effect in {count['no clear effect']}"
+                f"- **{VARIANT_LABELS[variant]} vs baseline** over {count.total} (noise rate, "
+                f"headline metric) cells: helps in {count['helps']}, hurts in {count['hurts']}, "
+                f"no clear effect in {count['no clear effect']}"
                 + (f", too few seeds in {count['too few seeds']}" if count["too few seeds"] else "")
                 + (f", not run in {count['no runs']}" if count["no runs"] else "")
                 + "."
             )
-        notes, not_learned = self.learning_notes()
-        lines += notes
+        lines += self.learning_notes()
+        not_learned = judged.not_learned
         # where conflicts come from
-        fracs = {
-            n: Stat.of(mean_conflict_fraction(r) for r in self.ablation("baseline", n))
-            for n in b.noise_rates
-        }
-        clean, noisiest = fracs.get(0.0), fracs.get(max(b.noise_rates))
-        if clean is not None and noisiest is not None:
+        origin = judged.origin
+        if origin is not None:
+            clean, noisiest = origin.clean, origin.noisiest
             why = (
                 f"A likely reason: loss {', '.join(f'`{n}`' for n in not_learned)} did not "
                 "learn anything that transfers (see above), and such a gradient has a negative "
@@ -668,41 +602,30 @@ class Report:
                 "aligned triplet (the audio carries the digit but not the motion)."
             )
             lines.append(
-                f"- **Conflicts are not specific to misalignment**: with 0% misaligned triplets "
-                f"{100 * clean.mean:.0f}% of triplets have conflicting gradients (baseline, mean "
-                f"over training), vs {100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%}. "
-                f"{why} PCGrad then edits the gradients of triplets that are not misaligned, "
-                "and the curriculum holds those triplets back."
-                if clean.mean > 0.5 * noisiest.mean
-                else f"- **Conflicts track misalignment**: {100 * clean.mean:.0f}% conflicting at "
-                f"0% vs {100 * noisiest.mean:.0f}% at {max(b.noise_rates):.0%} misaligned "
+                f"- **Conflicts track misalignment**: {100 * clean.mean:.0f}% conflicting at "
+                f"0% vs {100 * noisiest.mean:.0f}% at {origin.noisiest_rate:.0%} misaligned "
                 "(baseline)."
+                if origin.specific
+                else "- **Conflicts are not specific to misalignment**: with 0% misaligned "
+                f"triplets {100 * clean.mean:.0f}% of triplets have conflicting gradients "
+                f"(baseline, mean over training), vs {100 * noisiest.mean:.0f}% at "
+                f"{origin.noisiest_rate:.0%}. {why} PCGrad then edits the gradients of triplets "
+                "that are not misaligned, and the curriculum holds those triplets back."
             )
-        for noise in b.noise_rates:
-            if noise == 0:
-                continue
-            runs = self.ablation("baseline", noise)
-            for target in ("text", "audio"):
-                found = {
-                    label: Stat.of(score_detection(r, score, target) for r in runs)
-                    for score, label in SCORES
-                }
-                paper = found.pop("conflict (paper)")
-                known = [(stat, label) for label, stat in found.items() if stat is not None]
-                if paper is None or not known:
-                    continue
-                best, label = max(known, key=lambda x: x[0].mean)
-                lines.append(
-                    f"- At {noise:.0%} misaligned, the paper's conflict score finds the "
-                    f"{'caption' if target == 'text' else 'audio'}-misaligned triplets of the "
-                    f"baseline with AUROC {num(paper, 2)}; the best other score ({label}) "
-                    f"reaches {num(best, 2)}."
-                )
+        for found in judged.detection:
+            lines.append(
+                f"- At {found.noise:.0%} misaligned, the paper's conflict score finds the "
+                f"{TARGET_NAMES[found.target]}-misaligned triplets of the "
+                f"baseline with AUROC {num(found.paper, 2)}; the best other score "
+                f"({SCORE_LABELS[found.best_score]}) reaches {num(found.best, 2)}."
+            )
         lines += [
             "- Caveats: a tiny model and short schedules on a small synthetic-but-real dataset; "
             "effects of a few points are within the seed spread of such runs, so 'no clear "
             "effect' is not evidence of no effect"
-            + (f", and with {b.seeds} seed(s) every verdict is fragile." if b.seeds < 3 else "."),
+            + (
+                f", and with {b.seeds} seed(s) every verdict is fragile." if judged.fragile else "."
+            ),
             "",
         ]
         if self.failed:
@@ -715,66 +638,41 @@ class Report:
             lines.append("")
         return lines
 
-    def learning_notes(self) -> tuple[list[str], list[str]]:
-        """Did each loss learn? (notes, losses that did not generalize): such a gradient is
-        close to noise, or fits the training pairs only.
-
-        A training loss below chance alone can be memorization of the 1,000 training pairs, so
-        the held-out loss (validation split, batches of the eval batch size, its own chance
-        level) decides whether the loss learned something that transfers.
-        """
+    def learning_notes(self) -> list[str]:
+        """Did each loss learn (`verdicts.LossNote`)? One line per loss: the numbers, the verdict."""
         b = self.budget
-        runs = [r for r in self.results if r["spec"]["study"] == "ablation"]
-        names = sorted(
-            {
-                k.split("/", 1)[1]
-                for r in runs
-                for k in r.get("train", {}).get("final", {})
-                if k.startswith("loss/") and k != "loss/total"
-            }
-        )
-        chance, val_chance = math.log(b.batch_size), math.log(b.eval_batch_size)
-        lines, not_learned = [], []
-        for name in names:
-            final = Stat.of(r["train"]["final"].get(f"loss/{name}") for r in runs)
-            held_out = Stat.of(r["train"]["final"].get(f"val/loss/{name}") for r in runs)
-            if final is None:
-                continue
-            health = judge(
-                name,
-                final.mean,
-                None if held_out is None else held_out.mean,
-                b.batch_size,
-                b.eval_batch_size,
+        lines = []
+        for note in self.judged.learning:
+            health, final, held_out = note.health, note.final, note.held_out
+            where = (
+                f"training {num(final, 2)} (chance ln {b.batch_size} = {health.train_chance:.2f})"
+                + (
+                    f", held-out {num(held_out, 2)} (chance ln {b.eval_batch_size} = "
+                    f"{health.held_out_chance:.2f})"
+                    if held_out is not None
+                    else ""
+                )
             )
-            fits, transfers = health.verdict != "near chance", health.learned
-            if not health.learned:
-                not_learned.append(name)
-            where = f"training {num(final, 2)} (chance ln {b.batch_size} = {chance:.2f})" + (
-                f", held-out {num(held_out, 2)} (chance ln {b.eval_batch_size} = {val_chance:.2f})"
-                if held_out is not None
-                else ""
-            )
-            if not fits:
-                verdict = (
+            if health.verdict == "near chance":
+                said = (
                     "it stayed near chance, so in this budget its gradient is mostly noise and "
                     "its 'conflicts' with the other loss say little about misalignment."
                 )
-            elif not transfers:
-                verdict = (
-                    f"it fit the training pairs ({100 * (1 - final.mean / chance):.0f}% below "
+            elif health.verdict == "memorizes":
+                said = (
+                    f"it fit the training pairs ({100 * note.train_below_chance:.0f}% below "
                     "chance) but not held-out ones: memorization of the training set, so its "
                     "gradient carries little that transfers and its 'conflicts' with the other "
                     "loss say little about misalignment."
                 )
             else:
-                assert held_out is not None  # transfers implies a held-out loss
-                verdict = (
-                    f"it learned ({100 * (1 - held_out.mean / val_chance):.0f}% below chance "
-                    "on held-out pairs)."
-                )
-            lines.append(f"- **Loss `{name}`** at the end (all ablation runs): {where}: {verdict}")
-        return lines, not_learned
+                below = note.held_out_below_chance
+                assert below is not None  # learned implies a held-out loss
+                said = f"it learned ({100 * below:.0f}% below chance on held-out pairs)."
+            lines.append(
+                f"- **Loss `{health.name}`** at the end (all ablation runs): {where}: {said}"
+            )
+        return lines
 
     def reproduce(self) -> list[str]:
         f = self.facts
