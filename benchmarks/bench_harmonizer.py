@@ -29,7 +29,7 @@ from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.capture import Capture
 from harmonia.harmonization.layer_grams import Traced, needs_outputs, rule_for
 from harmonia.harmonization.spaces import compute_dtype, trace
-from harmonia.losses import ContrastiveObjective
+from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
 
@@ -50,7 +50,11 @@ def build(batch_size: int, size: str) -> tuple[VATT, ContrastiveObjective, dict[
     config = ModelConfig.named(size)
     model = VATT(config, WordTokenizer.build([" ".join(WORDS)]))
     model.train()
-    return model, ContrastiveObjective(), random_batch(config, batch_size, seed=1)
+    return (
+        model,
+        ContrastiveObjective(default_specs(config)),
+        random_batch(config, batch_size, seed=1),
+    )
 
 
 def variants(

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harmonia.losses import ContrastiveObjective
+from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
 from harness import cpu_name
@@ -37,7 +37,7 @@ def step_times(
     """Milliseconds of forward alone and of forward + losses + backward (median and best)."""
     torch.manual_seed(0)
     model = VATT(ModelConfig.named(size), words).train()
-    objective = ContrastiveObjective()
+    objective = ContrastiveObjective(default_specs(model.config))
     batch = random_batch(model.config, batch_size, captions=4)
     forward, full = [], []
     for i in range(warmup + steps):

@@ -22,6 +22,7 @@ import torch
 from bench_harmonizer import build, measure, variants
 from harmonia.losses import ContrastiveObjective
 from harmonia.losses.objective import LossSpec, default_specs
+from harmonia.models import ModelConfig
 from harness import machine_line, table
 
 SPACES = ("embedding", "parameters", "batch")
@@ -29,7 +30,7 @@ SPACES = ("embedding", "parameters", "batch")
 
 def specs(m: int) -> tuple[LossSpec, ...]:
     """VATT's two losses, then copies at temperature 0.2 up to ``m`` losses (m <= 4)."""
-    base = default_specs()
+    base = default_specs(ModelConfig.named("tiny"))
     extra = tuple(
         LossSpec(f"{s.name}2", s.kind, s.space, s.modalities, temperature=0.2) for s in base
     )

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench_harmonizer import measure
 from harmonia.harmonization import Harmonizer
-from harmonia.losses import ContrastiveObjective
+from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
 from harness import machine_line, peak_rss_growth_mb, table
@@ -71,7 +71,7 @@ class Bench:
         torch.manual_seed(0)
         config = ModelConfig.named(args.size)
         self.model = VATT(config, WordTokenizer.build([" ".join(WORDS)])).to(self.device).train()
-        self.objective = ContrastiveObjective().to(self.device)
+        self.objective = ContrastiveObjective(default_specs(config)).to(self.device)
         self.batch = to_device(random_batch(config, args.batch_size, seed=1), self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.dtype = torch.bfloat16 if args.dtype == "bf16" else None

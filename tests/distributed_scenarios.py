@@ -12,7 +12,8 @@ negatives gathered across ranks.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
-from harmonia.harmonization.ledger import ConflictLedger
 from harmonia.losses import ContrastiveObjective, default_specs, milnce, nce
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
 from harmonia.training.distributed import (
     DistributedContext,
-    accumulation,
     clip_gradients,
     full_model_state,
     full_optimizer_state,
@@ -45,6 +44,25 @@ STEPS = 2
 LR = 0.5
 CLIP = 5.0
 """Gradient-norm clipping (the first step's norm is about 40: it is clipped)."""
+
+
+@contextmanager
+def accumulation(model: nn.Module, sync: bool) -> Iterator[None]:
+    """A micro-step of gradient accumulation, as a user writes it with the wrappers' own
+    switches: DDP's ``no_sync`` or FSDP2's ``set_requires_gradient_sync`` when ``sync`` is
+    False (gradients stay local), a plain step when it is True (they are reduced once)."""
+    if isinstance(model, DistributedDataParallel) and not sync:
+        with model.no_sync():
+            yield
+        return
+    set_sync = getattr(model, "set_requires_gradient_sync", None)
+    if set_sync is not None:
+        set_sync(sync)
+    try:
+        yield
+    finally:
+        if set_sync is not None:
+            set_sync(True)
 
 
 def model_config() -> ModelConfig:
@@ -77,7 +95,7 @@ def build(
     """VATT (seeded, or loaded from ``start``) wrapped by ``strategy``, and the objective."""
     torch.manual_seed(0)
     model = VATT(model_config(), WordTokenizer.build([" ".join(WORDS)])).double()
-    specs = default_specs(learnable_temperature=learnable_temperature)
+    specs = default_specs(model_config(), learnable_temperature=learnable_temperature)
     objective = ContrastiveObjective(specs, gather=ctx.gather).double()
     if start is not None:
         model.load_state_dict(start["model"])
@@ -224,23 +242,6 @@ def gathered_losses(ctx: DistributedContext) -> dict[str, Tensor]:
     return out
 
 
-def ledger_states(ctx: DistributedContext) -> dict[str, Any]:
-    """Each rank scores its own samples; after `merge_ledger` every rank holds the same ledger."""
-    ledger = ConflictLedger(decay=0.5)
-    ids = [f"s{i}" for i in range(GLOBAL_BATCH)]
-    mine = rows({"id": ids}, ctx)["id"]
-    for step in range(3):
-        scores = torch.linspace(-0.9, 0.9, len(mine), dtype=torch.float64) * (step - 1)
-        ledger.update(mine, scores + 0.05 * ctx.rank, step)
-    ledger.update(["shared"], [0.3 if ctx.rank == 0 else -0.4], 5 + ctx.rank)
-    before = ledger.state_dict()
-    ctx.merge_ledger(ledger)
-    merged = ledger.state_dict()
-    ledger.update(mine[:1], [0.5], 10)
-    ctx.merge_ledger(ledger, since_step=10)
-    return {"before": before, "merged": merged, "delta": ledger.state_dict()}
-
-
 def collectives(ctx: DistributedContext) -> dict[str, Any]:
     """The context's small collectives with rank-dependent inputs."""
     temperature = nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
@@ -275,7 +276,6 @@ SCENARIOS: dict[str, Callable[[DistributedContext], Any]] = {
     "checkpoint_fsdp": lambda ctx: adam_steps(ctx, "fsdp", range(1)),
     "gather": gathered_losses,
     "collectives": collectives,
-    "ledger": ledger_states,
 }
 
 

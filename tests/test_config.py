@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harmonia.config import (
+from harmonia.errors import ConfigError
+from harmonia.typed_config import (
     apply_overrides,
     check,
     field_paths,
@@ -24,7 +25,6 @@ from harmonia.config import (
     to_dict,
     to_yaml,
 )
-from harmonia.errors import ConfigError
 
 
 @dataclass

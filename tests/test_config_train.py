@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from harmonia.config import parse_yaml, to_yaml
 from harmonia.errors import ConfigError
 from harmonia.models.config import ModelConfig
 from harmonia.training.config import (
@@ -18,6 +17,7 @@ from harmonia.training.config import (
     shipped_configs,
     train_config_from_dict,
 )
+from harmonia.typed_config import parse_yaml, to_yaml
 
 
 @pytest.mark.parametrize("name", shipped_configs())

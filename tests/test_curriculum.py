@@ -280,7 +280,7 @@ def test_a_dropped_sample_does_not_train_the_encoder_through_the_harmonizer() ->
     stats = harmonizer.backward(per_loss, anchor, encoder=encoder, progress=0.0)
     kept = stats.weights > 0
     assert 0 < int(kept.sum()) < 12
-    assert torch.equal(stats.weights, curriculum.weights(stats.score, 0.0).double())
+    assert torch.equal(stats.weights, curriculum.weights(stats.conflict, 0.0).double())
     harmonized = [p.grad.clone() for p in encoder.parameters()]  # type: ignore[union-attr]
 
     encoder.zero_grad()

@@ -52,4 +52,4 @@ def test_overflow_reaches_the_grad_scaler_as_non_finite_gradients() -> None:
     stats = harmonizer.backward(losses, anchor)
     grads = grads_of(problem)
     assert not all(bool(g.isfinite().all()) for g in grads)
-    assert stats.score.shape == (4,)
+    assert stats.conflict.shape == (4,)

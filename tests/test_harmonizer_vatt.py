@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.methods.base import random_orders
-from harmonia.losses import ContrastiveObjective
+from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
 from harmonizer_reference import (
@@ -95,7 +95,11 @@ def problem(request: pytest.FixtureRequest) -> VattProblem:
     )
     torch.manual_seed(0)
     model = VATT(config, WordTokenizer.build([" ".join(WORDS)])).double().train()
-    return VattProblem(model, ContrastiveObjective(), random_batch(config, 5, captions=2, seed=3))
+    return VattProblem(
+        model,
+        ContrastiveObjective(default_specs(config)),
+        random_batch(config, 5, captions=2, seed=3),
+    )
 
 
 def test_parameter_space_grams_equal_per_sample_gradients(problem: VattProblem) -> None:

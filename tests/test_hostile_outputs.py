@@ -22,14 +22,14 @@ import pytest
 import torch
 import yaml
 
+from harmonia.audit import build_audit, plots
 from harmonia.cli import main
 from harmonia.errors import CheckpointError, HarmoniaError, OutputError
 from harmonia.evaluation.run_dir import RunDir
 from harmonia.files import atomic_path, write_atomic
 from harmonia.harmonization.ledger import ConflictLedger
-from harmonia.models.pretrained import load_pretrained
+from harmonia.models.pretrained import read_pretrained
 from harmonia.models.vocab import WordTokenizer
-from harmonia.reports import build_audit, plots
 from harmonia.training import checkpoint as ckpt
 from harmonia.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from harmonia.training.logging import MetricLogger, read_metrics
@@ -310,12 +310,12 @@ def test_deep_model_files_are_one_line(eval_run: Path, tmp_path: Path) -> None:
         (model / name).write_bytes((eval_run / "model" / name).read_bytes())
     (model / "vocab.json").write_text(DEEP_JSON)
     with pytest.raises(CheckpointError, match=r"vocab\.json: not valid JSON \(JSON nested too"):
-        load_pretrained(model)
+        read_pretrained(model)
     with pytest.raises(CheckpointError, match="nested too deeply"):
         WordTokenizer.load(model / "vocab.json")
     (model / "config.json").write_text(DEEP_JSON)
     with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON \(JSON nested too"):
-        load_pretrained(model)
+        read_pretrained(model)
 
 
 def test_deep_checkpoint_ledger_and_manifest_are_one_line(tmp_path: Path) -> None:

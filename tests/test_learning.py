@@ -15,7 +15,8 @@ import pytest
 from harmonia.data import BuildConfig, SourceData, build_dataset
 from harmonia.evaluation.evaluate import evaluate
 from harmonia.models import VATT
-from harmonia.training.loop import MODEL_DIR, train_named
+from harmonia.training.layout import MODEL_DIR
+from harmonia.training.loop import train_named
 
 pytestmark = pytest.mark.slow
 

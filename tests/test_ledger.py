@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from harmonia.errors import CheckpointError, ConfigError
-from harmonia.harmonization.ledger import CSV_COLUMNS, ConflictLedger, LedgerEntry
+from harmonia.harmonization.ledger import CSV_COLUMNS, ConflictLedger
 
 
 def records(ledger: ConflictLedger) -> dict[str, tuple[float, int, int, int]]:
@@ -191,59 +191,6 @@ def test_update_rejects_bad_input() -> None:
         ledger.update([7], np.zeros(1), 0)  # type: ignore[list-item]
 
 
-def test_latest_merge_of_ranks_equals_one_ledger_that_saw_everything() -> None:
-    rng = np.random.default_rng(4)
-    ids = [f"s{i}" for i in range(40)]
-    base = ConflictLedger(decay=0.5)
-    base.update(ids, rng.uniform(-1, 1, 40), 0)
-    ranks = [ConflictLedger.from_state_dict(base.state_dict()) for _ in range(2)]
-    reference = ConflictLedger.from_state_dict(base.state_dict())
-    for step in range(1, 5):  # each rank sees its own half of the ids (like the sampler)
-        for rank, ledger in enumerate(ranks):
-            chosen = ids[rank::2][step * 3 : step * 3 + 5]
-            values = rng.uniform(-1, 1, len(chosen))
-            ledger.update(chosen, values, step)
-            reference.update(chosen, values, step)
-    merged = ConflictLedger.merge_states([r.state_dict() for r in ranks])
-    assert records(merged) == records(reference)
-    deltas = [r.state_dict(since_step=1) for r in ranks]
-    assert 0 < len(deltas[0]["ids"]) < len(ids)
-    from_deltas = ConflictLedger.from_state_dict(base.state_dict())
-    for delta in deltas:
-        from_deltas.merge(delta)
-    assert records(from_deltas) == records(reference)
-
-
-def test_latest_merge_breaks_ties_on_seen() -> None:
-    a, b = ConflictLedger(decay=0.5), ConflictLedger(decay=0.5)
-    a.update(["x"], np.array([0.4]), 5)
-    b.update(["x", "x"], np.array([0.4, -0.4]), 5)
-    a.merge(b)
-    assert a.entry("x") == LedgerEntry("x", 0.0, 1, 2, 5)
-
-
-def test_pool_merge_adds_counts_and_weights_the_scores_by_seen() -> None:
-    a, b = ConflictLedger(decay=0.0), ConflictLedger(decay=0.0)
-    a.update(["x", "x", "x"], np.array([0.1, -0.2, 0.5]), 3)  # ema 0.5, seen 3, conflicts 1
-    a.update(["only-a"], np.array([0.3]), 1)
-    b.update(["x"], np.array([-0.3]), 8)  # ema -0.3, seen 1, conflicts 1
-    a.merge(b, how="pool")
-    assert a.entry("x").score == pytest.approx((3 * 0.5 + 1 * -0.3) / 4)
-    assert a.entry("x")[2:5] == (2, 4, 8)
-    assert a.entry("only-a") == LedgerEntry("only-a", 0.3, 0, 1, 1)
-    with pytest.raises(ValueError, match="how"):
-        a.merge(b, how="mean")  # type: ignore[arg-type]
-
-
-def test_merge_states_rejects_mixed_settings_and_empty_input() -> None:
-    with pytest.raises(ValueError, match="different"):
-        ConflictLedger.merge_states(
-            [ConflictLedger(0.5).state_dict(), ConflictLedger(0.6).state_dict()]
-        )
-    with pytest.raises(ValueError, match="at least one"):
-        ConflictLedger.merge_states([])
-
-
 # ---------------------------------------------------------------- properties
 update_ops = st.lists(
     st.tuples(
@@ -281,38 +228,3 @@ def test_columnar_ledger_matches_a_plain_python_reference(ops: list) -> None:
     for sample_id, (score, conflicts, seen, last) in records(ledger).items():
         assert score == pytest.approx(reference[sample_id][0], abs=1e-12)
         assert [conflicts, seen, last] == reference[sample_id][1:]
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(update_ops, min_size=1, max_size=4), st.randoms(use_true_random=False))
-def test_merge_states_is_order_independent(histories: list, random: object) -> None:
-    states = [_ledger_from(ops).state_dict() for ops in histories]
-    shuffled = list(states)
-    random.shuffle(shuffled)  # type: ignore[attr-defined]
-    latest = ConflictLedger.merge_states(states)
-    assert ConflictLedger.merge_states(shuffled).state_dict() == latest.state_dict()
-    assert set(latest.ids) == set().union(*(s["ids"] for s in states))
-    pooled = records(ConflictLedger.merge_states(states, how="pool"))
-    pooled_shuffled = records(ConflictLedger.merge_states(shuffled, how="pool"))
-    assert pooled.keys() == pooled_shuffled.keys()
-    for sample_id, record in pooled.items():
-        assert record[0] == pytest.approx(pooled_shuffled[sample_id][0], abs=1e-12)
-        assert record[1:] == pooled_shuffled[sample_id][1:]
-        seen = sum(s["seen"][s["ids"].index(sample_id)] for s in states if sample_id in s["ids"])
-        assert record[2] == seen
-
-
-@settings(max_examples=60, deadline=None)
-@given(update_ops, update_ops)
-def test_latest_merge_is_idempotent_and_keeps_the_newest_record(first: list, second: list) -> None:
-    a, b = _ledger_from(first), _ledger_from(second)
-    merged = ConflictLedger.from_state_dict(a.state_dict())
-    merged.merge(b)
-    again = ConflictLedger.from_state_dict(merged.state_dict())
-    again.merge(b)
-    again.merge(merged)
-    assert records(again) == records(merged)
-    for sample_id, record in records(merged).items():
-        candidates = [records(x)[sample_id] for x in (a, b) if sample_id in x]
-        assert record in candidates
-        assert record[3] == max(c[3] for c in candidates)

@@ -22,7 +22,7 @@ def test_default_objective_is_va_nce_and_vt_milnce(model: VATT) -> None:
     batch["audio"][2] = 0.0
     batch["text"][4] = []
     out = model(batch)
-    losses = ContrastiveObjective()(out)
+    losses = ContrastiveObjective(default_specs(model.config))(out)
     assert set(losses) == {"va", "vt"}
     assert all(v.shape == (5,) for v in losses.values())
     va, vt = out.embeddings["va"], out.embeddings["vt"]
@@ -37,7 +37,7 @@ def test_reduce_gives_masked_means(model: VATT) -> None:
     batch = random_batch(model.config, 4)
     batch["audio"][0] = 0.0
     out = model(batch)
-    objective = ContrastiveObjective()
+    objective = ContrastiveObjective(default_specs(model.config))
     means = objective.reduce(objective(out), out)
     va = out.embeddings["va"]
     torch.testing.assert_close(means["va"], nce(va["video"], va["audio"], valid=out.valid["audio"]))
@@ -47,12 +47,12 @@ def test_reduce_gives_masked_means(model: VATT) -> None:
 def test_missing_video_drops_the_sample_from_both_losses(model: VATT) -> None:
     batch = random_batch(model.config, 4)
     batch["video"][1] = 0
-    losses = ContrastiveObjective()(model(batch))
+    losses = ContrastiveObjective(default_specs(model.config))(model(batch))
     assert losses["va"][1] == 0 and losses["vt"][1] == 0
 
 
 def test_learnable_temperature_is_a_parameter_that_learns(model: VATT) -> None:
-    objective = ContrastiveObjective(default_specs(learnable_temperature=True))
+    objective = ContrastiveObjective(default_specs(model.config, learnable_temperature=True))
     params = list(objective.parameters())
     assert len(params) == 2
     out = model(random_batch(model.config, 4))
@@ -85,4 +85,4 @@ def test_specs_from_config_data_and_errors(model: VATT) -> None:
         ContrastiveObjective([text_nce])(out)
     no_audio = model({"video": random_batch(model.config, 2)["video"]})
     with pytest.raises(ConfigError, match="in the batch"):
-        ContrastiveObjective()(no_audio)
+        ContrastiveObjective(default_specs(model.config))(no_audio)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from harmonia.data import ShardDataset, collate, load_labels
-from harmonia.losses import ContrastiveObjective
+from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 
 SAMPLES = 32
@@ -58,7 +58,7 @@ def test_tiny_model_overfits_32_clean_triplets(tiny_dataset: Path) -> None:
     torch.manual_seed(0)
     words = WordTokenizer.build(c for captions in batch["text"] for c in captions)
     model = VATT(ModelConfig.named("tiny"), words).train()
-    objective = ContrastiveObjective()
+    objective = ContrastiveObjective(default_specs(model.config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
     first = retrieval_accuracy(model, batch)

@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 
 from faults import record
 from harmonia.cli import main
-from harmonia.config import field_paths, parse_yaml, to_dict, to_yaml
 from harmonia.harmonization.curriculum import CURRICULA
 from harmonia.harmonization.methods import METHODS
 from harmonia.models.sizes import SIZES
@@ -41,6 +40,7 @@ from harmonia.training.config import (
     shipped_configs,
     train_config_from_dict,
 )
+from harmonia.typed_config import field_paths, parse_yaml, to_dict, to_yaml
 
 TOTAL = int(os.environ.get("HARMONIA_FUZZ_EXAMPLES", "1000"))
 SHARES = {"overrides": 0.45, "files": 0.35, "train": 0.20}

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from fault_child import plain_name
 from faults import (
     TINY_RUN,
     finish,
-    plain_name,
     readable_checkpoints,
     record,
     start,

@@ -2,7 +2,7 @@
 naming the failure (no hang); the restart resumes from the last checkpoint exactly.
 
 `harmonia train` is not launched under torchrun yet, so these runs are small DDP trainings
-written with harmonia.training.distributed (`faults.ddp_main`: DistributedContext over gloo,
+written with harmonia.training.distributed (`fault_child.ddp_main`: DistributedContext over gloo,
 wrap_model, a collective per step, rank 0 writing a checkpoint per step with harmonia's
 checkpoint module). Under torchrun a killed rank makes the agent stop the survivor and name the
 failed rank; the restart finishes bit-identical to the one-process computation of the same
@@ -23,7 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from faults import HERE, child_env, ddp_reference, record, torch_threads
+from fault_child import ddp_reference
+from faults import CHILD, child_env, record, torch_threads
 from harmonia.training.checkpoint import latest_checkpoint
 from launch import free_port, rank_env, reaping, torchrun_command
 
@@ -32,7 +33,7 @@ DIE_AT = 4
 
 
 def torchrun(out: Path, *extra: str) -> subprocess.Popen[str]:
-    command = torchrun_command(2, str(HERE), "ddp", str(out), str(STEPS), *extra)
+    command = torchrun_command(2, str(CHILD), "ddp", str(out), str(STEPS), *extra)
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
     )
@@ -44,7 +45,7 @@ def by_hand(out: Path, *extra: str) -> list[subprocess.Popen[str]]:
     procs = []
     for rank in range(2):
         env = rank_env(child_env(), rank, 2, port)
-        command = [sys.executable, str(HERE), "ddp", str(out), str(STEPS), *extra]
+        command = [sys.executable, str(CHILD), "ddp", str(out), str(STEPS), *extra]
         procs.append(
             subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

@@ -183,11 +183,11 @@ class NaNObjective:
 
 @pytest.fixture
 def nan_at(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from harmonia.training import loop
+    from harmonia.training import components
 
-    real = loop.ContrastiveObjective
+    real = components.ContrastiveObjective
     initial: list[dict[str, torch.Tensor]] = []
-    real_vatt = loop.VATT
+    real_vatt = components.VATT
 
     def objective(*args: Any, **kwargs: Any) -> NaNObjective:
         return NaNObjective(real(*args, **kwargs))
@@ -197,8 +197,8 @@ def nan_at(monkeypatch: pytest.MonkeyPatch) -> Any:
         initial.append({k: v.clone() for k, v in model.state_dict().items()})
         return model
 
-    monkeypatch.setattr(loop, "ContrastiveObjective", objective)
-    monkeypatch.setattr(loop, "VATT", vatt)
+    monkeypatch.setattr(components, "ContrastiveObjective", objective)
+    monkeypatch.setattr(components, "VATT", vatt)
 
     def configure(bad: set[int]) -> list[dict[str, torch.Tensor]]:
         NaNObjective.calls = 0

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report and say where it went."""
-    from harmonia.reports import build_audit
+    from harmonia.audit import build_audit
 
     outputs = build_audit(args.run_dir, data_dir=args.data, top_k=args.top, out=args.out)
     print(f"wrote {outputs.html} ({outputs.n_shown} suspects shown of {outputs.n_scored} scored)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from harmonia.config import to_yaml
 from harmonia.training.config import load_train_config, shipped_configs
+from harmonia.typed_config import to_yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -26,6 +26,7 @@ from harmonia.cli.data import (
     load_source,
 )
 from harmonia.errors import HarmoniaError
+from harmonia.training.layout import EVAL_FILE, MODEL_DIR, SUMMARY_FILE
 
 # (run name, shipped config): the baseline first, then the harmonized model.
 DEMO_RUNS: tuple[tuple[str, str], ...] = (("baseline", "demo"), ("harmonized", "demo-harmonized"))
@@ -116,7 +117,6 @@ def train_runs(runs: list[tuple[str, str]], root: Path, data: Path, overrides: l
     A finished run (or evaluation) is kept, a stopped run resumes; only the last run draws a
     progress bar, the others write RUN/train.log (evaluations RUN/eval.log).
     """
-    from harmonia.training.loop import MODEL_DIR
 
     for name, _ in runs:
         if (root / name / MODEL_DIR).is_dir():
@@ -130,13 +130,13 @@ def train_runs(runs: list[tuple[str, str]], root: Path, data: Path, overrides: l
         trains.append((name, args, None if last else root / name / "train.log"))
     _in_parallel(trains)
     for name, _ in todo:
-        summary = json.loads((root / name / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((root / name / SUMMARY_FILE).read_text(encoding="utf-8"))
         if summary["status"] != "finished":
             raise HarmoniaError(f"[{name}] {summary['status']}; run `make demo` again to resume")
     evals = [
         (name, ["eval", str(root / name), "--data", str(data)], root / name / "eval.log")
         for name, _ in runs
-        if not (root / name / "eval.json").is_file()
+        if not (root / name / EVAL_FILE).is_file()
     ]
     _in_parallel(evals)
 
@@ -217,8 +217,8 @@ def comparison_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harmonia.audit.build import build_audit
     from harmonia.data import describe, load_summary
-    from harmonia.reports.audit import build_audit
     from harmonia.training.health import LossHealth
 
     started = time.time()
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(table)
     for name in results:
-        summary = json.loads((root / name / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((root / name / SUMMARY_FILE).read_text(encoding="utf-8"))
         for loss, health in summary.get("learning", {}).items():
             print(f"[{name}] learning health: {LossHealth.from_dict(loss, health).sentence()}")
     precision = suspect_precision(root / DEMO_RUNS[-1][0], data)

@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write the JSON."""
     from harmonia.evaluation.evaluate import evaluate
-    from harmonia.evaluation.report import format_table
     from harmonia.evaluation.run_dir import RunDir
+    from harmonia.evaluation.table import format_table
     from harmonia.models import VATT
 
     for name in ("batch_size", "max_eval", "max_train"):

@@ -2,7 +2,7 @@
 
 Build it (`build_dataset` / `harmonia data build`), then read it back with the random-access
 `ShardDataset` + `make_loader` or the streaming `StreamingDataset` + `make_stream_loader`;
-both yield the batch dict of INTERFACES.md through `collate`. Labels are only in the index
+both yield the batch dict of docs/data.md ("Read it back") through `collate`. Labels are only in the index
 (`load_labels`), for evaluation.
 """
 
@@ -15,7 +15,8 @@ from harmonia.data.describe import describe
 from harmonia.data.index import load_labels, load_media_spec, load_summary, read_index
 from harmonia.data.mapstyle import ShardDataset, make_loader
 from harmonia.data.samples import collate, decode_members
-from harmonia.data.sources import SourceData, resolve_source
+from harmonia.data.source_data import SourceData
+from harmonia.data.sources import resolve_source
 from harmonia.data.spec import DIGIT_WORDS, MOTIONS, MediaSpec
 from harmonia.data.streaming import StreamingDataset, make_stream_loader
 

@@ -33,7 +33,7 @@ from harmonia.data.index import (
 )
 from harmonia.data.plan import SamplePlan, make_plans, split_pools
 from harmonia.data.shards import SHARD_FOLDER, shard_name, write_shard
-from harmonia.data.sources import SourceData
+from harmonia.data.source_data import SourceData
 from harmonia.errors import DataError
 
 

@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from harmonia.data.sources import Recording, SourceData
+from harmonia.data.source_data import Recording, SourceData
 
 WARNING = (
     "WARNING: using the BUILT-IN fallback source (scikit-learn 8x8 digits + synthetic DTMF "

@@ -17,7 +17,7 @@ import numpy as np
 from harmonia.data.captions import sample_captions
 from harmonia.data.config import EXTRA_SPLIT, NOISE_KINDS, SPLITS, BuildConfig
 from harmonia.data.render import Trajectory, sample_trajectory
-from harmonia.data.sources import Recording, SourceData
+from harmonia.data.source_data import Recording, SourceData
 from harmonia.data.spec import MOTIONS
 from harmonia.errors import DataError
 

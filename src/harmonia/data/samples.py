@@ -67,7 +67,7 @@ def is_skip(item: Mapping[str, Any]) -> bool:
 
 
 def collate(items: Sequence[Mapping[str, Any]], spec: MediaSpec | None = None) -> dict[str, Any]:
-    """Batch dict (see INTERFACES.md): id, video [B,T,H,W,3] uint8, audio [B,N] float32,
+    """Batch dict (docs/data.md, "Read it back"): id, video [B,T,H,W,3] uint8, audio [B,N] float32,
     text list[list[str]] padded to the largest K by repeating, skipped list[dict].
 
     B counts decoded samples only; it is smaller than the requested batch size when samples

@@ -13,12 +13,13 @@ import math
 import os
 import re
 import wave
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from harmonia.data.builtin import builtin_source
+from harmonia.data.source_data import Recording, SourceData
 from harmonia.errors import DataError
 
 BUILTIN = "builtin"
@@ -27,32 +28,6 @@ ENV_CACHE = "HARMONIA_CACHE"
 FETCH_STAMP = "FETCHED.json"  # written by `harmonia data fetch` when a part is complete
 FETCH_PARTS = ("mnist", "fsdd")
 _RECORDING = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
-
-
-@dataclass(frozen=True)
-class Recording:
-    """One spoken-digit recording; `name` is its file name (unique within a source)."""
-
-    digit: int
-    speaker: str
-    name: str
-
-
-@dataclass
-class SourceData:
-    """Images [N, 28, 28] uint8 with digit labels, and recordings of spoken digits."""
-
-    kind: str  # "files" or "builtin"
-    root: Path | None
-    images: np.ndarray
-    labels: np.ndarray
-    recordings: list[Recording]
-    load_waveform: Callable[[Recording], tuple[np.ndarray, int]] = field(repr=False)
-    description: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def speakers(self) -> list[str]:
-        return sorted({r.speaker for r in self.recordings})
 
 
 def default_cache() -> Path:
@@ -217,7 +192,5 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 def load_builtin() -> SourceData:
-    """The fallback source (imported lazily: it needs scikit-learn)."""
-    from harmonia.data.builtin import builtin_source
-
+    """The fallback source (scikit-learn's digits and synthesized tones)."""
     return builtin_source()

@@ -9,13 +9,13 @@ from __future__ import annotations
 from harmonia.evaluation.evaluate import evaluate
 from harmonia.evaluation.linear_probe import ProbeResult, linear_probe
 from harmonia.evaluation.noise_detection import DetectionResult, detection_metrics, error_norm
-from harmonia.evaluation.report import format_table
 from harmonia.evaluation.retrieval import (
     RetrievalResult,
     class_relevance,
     instance_relevance,
     retrieval_metrics,
 )
+from harmonia.evaluation.table import format_table
 from harmonia.evaluation.zero_shot import ZeroShotResult, class_embeddings, zero_shot_accuracy
 
 __all__ = [

@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harmonia.config import parse_yaml
 from harmonia.errors import CheckpointError, HarmoniaError, first_line
 from harmonia.harmonization.ledger import ConflictLedger, LedgerEntry
 from harmonia.losses.temperature import DEFAULT_TEMPERATURE
 from harmonia.training.layout import CONFIG_FILE, EVAL_FILE, LEDGER_CSV, METRICS_FILE, MODEL_DIR
 from harmonia.training.logging import read_metrics
+from harmonia.typed_config import parse_yaml
 
 
 class RunDir:
@@ -91,7 +91,7 @@ class RunDir:
                 raise HarmoniaError(f"dataset directory not found: {dataset}")
             return dataset
         recorded = self.dataset_dir()
-        config = self.path / "config.yaml"
+        config = self.path / CONFIG_FILE
         if recorded is None:
             raise HarmoniaError(f"{config} records no dataset (data.dir): pass --data DATASET_DIR")
         if not recorded.is_dir():

@@ -75,13 +75,13 @@ def run_one(spec: RunSpec, budget: Budget, dataset: Path, run_dir: Path) -> dict
     """Train and evaluate one run; write and return its result (the cached one if valid)."""
     import torch
 
-    from harmonia.config import to_dict
     from harmonia.data.index import load_summary
     from harmonia.evaluation.evaluate import evaluate
     from harmonia.evaluation.run_dir import RunDir
     from harmonia.models import VATT
     from harmonia.training.checkpoint import latest_checkpoint
     from harmonia.training.loop import train
+    from harmonia.typed_config import to_dict
 
     torch.set_num_threads(1)
     cfg = resolved_config(spec, budget, dataset, run_dir.parent)
@@ -215,8 +215,8 @@ def split_cached(
     tasks: Sequence[tuple[RunSpec, Path, Path]], budget: Budget
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[RunSpec, Path, Path]]]:
     """(valid cached results by run name, tasks still to run)."""
-    from harmonia.config import to_dict
     from harmonia.data.index import load_summary
+    from harmonia.typed_config import to_dict
 
     results: dict[str, dict[str, Any]] = {}
     pending: list[tuple[RunSpec, Path, Path]] = []

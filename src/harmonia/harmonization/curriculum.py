@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from harmonia.errors import ConfigError
+from harmonia.typed_config import from_dict
 
 Shape = Literal["linear", "cosine"]
 SHAPES: tuple[str, ...] = ("linear", "cosine")
@@ -237,26 +238,11 @@ def build_curriculum(name: str, **options: Any) -> Curriculum:
     if cls is None:
         known = ", ".join(sorted(CURRICULA))
         raise ConfigError(f"unknown curriculum {name!r}; known curricula: {known}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
+    try:
+        return from_dict(cls, options)  # every option checked against its type hint
+    except ConfigError as err:
+        message = str(err)
+        prefix = f"curriculum {name!r}"
         raise ConfigError(
-            f"curriculum {name!r}: unknown option(s) {', '.join(unknown)}; "
-            f"options: {', '.join(fields)}"
-        )
-    for key, value in options.items():
-        _check_type(name, key, value, fields[key].type)
-    return cls(**options)
-
-
-def _check_type(name: str, key: str, value: Any, annotation: Any) -> None:
-    """Catch YAML-typed mistakes (a string where a number belongs) before they surface later."""
-    text = str(annotation)
-    if text == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif text == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"curriculum {name!r}: {key} has the wrong type: {value!r}")
+            message if message.startswith(prefix) else f"{prefix}: {message}"
+        ) from None

@@ -218,7 +218,7 @@ class Harmonizer:
         )
         if self.curriculum is not None:
             assert progress is not None
-            weights = torch.as_tensor(self.curriculum.weights(stats.score, progress))
+            weights = torch.as_tensor(self.curriculum.weights(stats.conflict, progress))
             if weights.shape != (gram.shape[0],):
                 raise ValueError(
                     f"curriculum returned weights of shape {tuple(weights.shape)}, expected ({gram.shape[0]},)"

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +30,6 @@ from harmonia.files import atomic_path, parse_json
 
 STATE_VERSION = 1
 CSV_COLUMNS = ("id", "score", "conflicts", "seen", "last_step", "rank")
-MergeMode = Literal["latest", "pool"]
 _COLUMNS = ("score", "conflicts", "seen", "last_step")
 
 
@@ -257,16 +256,9 @@ class ConflictLedger:
         return cls.from_state_dict(state, source=str(path))
 
     # ------------------------------------------------------------------ state
-    def state_dict(self, since_step: int | None = None) -> dict[str, Any]:
-        """JSON-serializable state: settings plus one list per column.
-
-        With ``since_step`` only records last seen at or after that step are included: a
-        compact delta for gathering across ranks, to be merged into a ledger that has the rest.
-        """
-        size = len(self)
-        rows = np.arange(size)
-        if since_step is not None:
-            rows = rows[self._last_step[:size] >= since_step]
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serializable state: settings plus one list per column."""
+        rows = np.arange(len(self))
         return {
             "version": STATE_VERSION,
             "decay": self.decay,
@@ -323,78 +315,6 @@ class ConflictLedger:
         self._index = {sample_id: row for row, sample_id in enumerate(ids)}
         for name, array in arrays.items():
             setattr(self, f"_{name}", array.copy())
-
-    # ------------------------------------------------------------------ merging
-    def merge(self, other: ConflictLedger | dict[str, Any], how: MergeMode = "latest") -> None:
-        """Fold another ledger (or its state, possibly a ``since_step`` delta) into this one.
-
-        ``how="latest"`` (for ledgers that share a history, e.g. ranks that started the epoch
-        from the same merged ledger and then saw disjoint samples): per id, keep the record with
-        the later ``last_step``; ties go to more ``seen``, then more ``conflicts``, then the
-        higher score. It picks the maximum of a total order, so merging is commutative,
-        associative and idempotent (the same result whatever the order of the ledgers).
-
-        ``how="pool"`` (for ledgers with separate histories, e.g. independent scoring runs over
-        overlapping ids): ``seen`` and ``conflicts`` add up, the score is the seen-weighted mean
-        of the EMAs and ``last_step`` the maximum. Commutative and associative up to float
-        rounding of the weighted mean.
-        """
-        if how not in ("latest", "pool"):
-            raise ValueError(f"merge how must be 'latest' or 'pool', got {how!r}")
-        theirs = (
-            other if isinstance(other, ConflictLedger) else ConflictLedger.from_state_dict(other)
-        )
-        size = len(theirs)
-        rows = self._rows_for(theirs._ids)
-        mine = {name: getattr(self, f"_{name}")[rows] for name in _COLUMNS}
-        new = {name: getattr(theirs, f"_{name}")[:size] for name in _COLUMNS}
-        if how == "latest":
-            take = _later(new, mine)
-            for name in _COLUMNS:
-                getattr(self, f"_{name}")[rows] = np.where(take, new[name], mine[name])
-            return
-        seen = mine["seen"] + new["seen"]
-        weighted = mine["score"] * mine["seen"] + new["score"] * new["seen"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            score = np.where(seen > 0, weighted / np.maximum(seen, 1), mine["score"])
-        self._score[rows] = score
-        self._conflicts[rows] = mine["conflicts"] + new["conflicts"]
-        self._seen[rows] = seen
-        self._last_step[rows] = np.maximum(mine["last_step"], new["last_step"])
-
-    @classmethod
-    def merge_states(
-        cls, states: Sequence[dict[str, Any]], how: MergeMode = "latest"
-    ) -> ConflictLedger:
-        """Merge ledger states (e.g. gathered from every rank) into a new ledger.
-
-        The states must share their settings. The result holds its ids in sorted order, so
-        with ``how="latest"`` its `state_dict` does not depend on the order of ``states``.
-        """
-        if not states:
-            raise ValueError("merge_states needs at least one ledger state")
-        ledgers = [cls.from_state_dict(state) for state in states]
-        first = ledgers[0]
-        settings = (first.decay, first.prior, first.conflict_threshold)
-        for ledger in ledgers[1:]:
-            if (ledger.decay, ledger.prior, ledger.conflict_threshold) != settings:
-                raise ValueError("merge_states: ledgers have different decay/prior/threshold")
-        merged = cls(*settings)
-        all_ids = sorted(set().union(*(ledger._ids for ledger in ledgers)))
-        merged._rows_for(all_ids)
-        for ledger in ledgers:
-            merged.merge(ledger, how=how)
-        return merged
-
-
-def _later(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> np.ndarray:
-    """Where record ``a`` beats ``b`` in the order (last_step, seen, conflicts, score)."""
-    result = np.zeros(a["score"].shape, dtype=bool)
-    undecided = np.ones_like(result)
-    for name in ("last_step", "seen", "conflicts", "score"):
-        result |= undecided & (a[name] > b[name])
-        undecided &= a[name] == b[name]
-    return result
 
 
 def _column_problem(ids: list[str], arrays: dict[str, np.ndarray]) -> str | None:

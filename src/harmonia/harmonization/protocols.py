@@ -15,10 +15,10 @@ from torch import Tensor
 class CurriculumLike(Protocol):
     """Turns per-sample conflict scores into per-sample weights.
 
-    ``score`` is ``HarmonizerStats.score``: shape ``[B]``, the smallest pairwise cosine between a
-    sample's loss gradients, in ``[-1, 1]`` (NaN where a gradient is not finite, e.g. a step a
-    GradScaler will skip). ``progress`` is the fraction of training done, in ``[0, 1]``. The result
-    has shape ``[B]`` with values in ``[0, 1]``; the Harmonizer multiplies each sample's
+    ``score`` is ``HarmonizerStats.conflict``: shape ``[B]``, the smallest pairwise cosine
+    between a sample's loss gradients, in ``[-1, 1]`` (NaN where a gradient is not finite, e.g.
+    a step a GradScaler will skip). ``progress`` is the fraction of training done, in ``[0, 1]``.
+    The result has shape ``[B]`` with values in ``[0, 1]``; the Harmonizer multiplies each sample's
     contribution to the anchor encoder's gradient by it (0: the sample does not train the encoder
     this step; the heads and other towers still get the plain gradient of its losses).
     """

@@ -12,9 +12,9 @@ down-weights conflicting samples inside a batch, the sampler decides which sampl
 
 The sampler yields indices only, so it runs in the main process and works with any number of
 DataLoader workers. The ledger is read once, when an epoch's first iterator is created: the
-trainer updates the ledger in the main process and, with several ranks, merges the ranks'
-ledgers (`ConflictLedger.merge_states`) before the epoch starts, so every rank draws the same
-global permutation and takes a disjoint share of it (like DistributedSampler).
+trainer updates the ledger in the main process from the whole global batch (every rank folds in
+the same gathered scores), so every rank holds the same ledger, draws the same global
+permutation and takes a disjoint share of it (like DistributedSampler).
 """
 
 from __future__ import annotations

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from harmonia.deprecation import REMOVED_IN
 
 
 def pair_names(names: tuple[str, ...]) -> list[tuple[int, int, str]]:
@@ -114,17 +117,19 @@ class HarmonizerStats:
         return self.gram.diagonal(dim1=1, dim2=2).clamp_min(0.0).sqrt()
 
     @property
-    def score(self) -> Tensor:
-        """Per-sample conflict score ``[B]``: the smallest pairwise cosine (low = conflicting)."""
+    def conflict(self) -> Tensor:
+        """Per-sample conflict ``[B]``: the smallest pairwise cosine (low = conflicting)."""
         return noisiness_scores(self.gram, "conflict")
 
     @property
-    def conflict_fraction(self) -> dict[str, float]:
-        """For each pair ``"a~b"``, the fraction of samples whose two gradients conflict (cos < 0)."""
-        cos = self.cosines
-        return {
-            name: float((cos[:, j, k] < 0).double().mean()) for j, k, name in pair_names(self.names)
-        }
+    def score(self) -> Tensor:
+        """Deprecated name of `conflict` (removed in 0.2.0)."""
+        warnings.warn(
+            f"HarmonizerStats.score is now .conflict; .score is removed in harmonia {REMOVED_IN}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.conflict
 
     def to_metrics(self) -> dict[str, float]:
         """Flat floats for a logger: ``conflict/<a>~<b>/fraction``, ``.../mean_cos``, and so on."""
@@ -134,7 +139,7 @@ class HarmonizerStats:
             pair = cos[:, j, k]
             metrics[f"conflict/{name}/fraction"] = float((pair < 0).double().mean())
             metrics[f"conflict/{name}/mean_cos"] = float(pair.nanmean())
-        metrics["conflict/score_mean"] = float(self.score.double().nanmean())
+        metrics["conflict/score_mean"] = float(self.conflict.double().nanmean())
         norms = self.norms.double()
         for k, name in enumerate(self.names):
             metrics[f"grad_norm/{name}"] = float(norms[:, k].nanmean())
@@ -143,14 +148,3 @@ class HarmonizerStats:
         for key, value in self.info.items():
             metrics[f"harmonizer/{key}"] = float(value)
         return metrics
-
-    def histogram(self, bins: int = 40) -> dict[str, list[int]]:
-        """For each pair ``"a~b"``, counts of the per-sample cosines in ``bins`` equal bins on [-1, 1]."""
-        cos = self.cosines.double().clamp(-1.0, 1.0)
-        out = {}
-        for j, k, name in pair_names(self.names):
-            pair = cos[:, j, k]
-            pair = pair[~pair.isnan()]
-            counts = torch.histc(pair.cpu(), bins=bins, min=-1.0, max=1.0)
-            out[name] = [int(c) for c in counts.tolist()]
-        return out

@@ -1,6 +1,6 @@
 """Contrastive losses: symmetric NCE, MIL-NCE, distributed gathering, the VATT objective.
 
-objective = ContrastiveObjective()          # va: nce(video, audio); vt: milnce(video, text)
+objective = ContrastiveObjective(default_specs(model.config))  # va: nce(video, audio); vt: milnce(video, text)
 per_sample = objective(model(batch))        # {"va": Tensor[B], "vt": Tensor[B]}
 """
 

@@ -1,25 +1,29 @@
 """ContrastiveObjective: a model output -> {loss name: per-sample loss [B]}.
 
 Each `LossSpec` names a loss, its kind (``nce`` or ``milnce``), the common space it is computed
-in, and the two modalities it contrasts (for ``milnce`` the second holds K candidates). The
-default is VATT's pair: NCE video-audio in space ``va`` and MIL-NCE video-text in space ``vt``.
+in, and the two modalities it contrasts (for ``milnce`` the second holds K candidates).
+`default_specs` derives VATT's pair from a model config: NCE video-audio in space ``va`` and
+MIL-NCE video-text in space ``vt``.
 Per-sample vectors (0 where a sample is missing one of the modalities) are what the harmonizer
 needs; `reduce` turns them into the masked means that plain training minimizes.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from torch import Tensor, nn
 
-from harmonia.config import FieldError, check, from_dict, require_positive
+from harmonia.deprecation import REMOVED_IN
 from harmonia.errors import ConfigError
 from harmonia.losses.contrastive import milnce, nce
 from harmonia.losses.gather import Gather
 from harmonia.losses.temperature import DEFAULT_TEMPERATURE, LearnableTemperature
+from harmonia.models.config import ModelConfig
+from harmonia.typed_config import FieldError, check, from_dict, require_positive
 
 
 class ContrastiveOutput(Protocol):
@@ -57,13 +61,32 @@ class LossSpec:
 
 
 def default_specs(
-    temperature: float = DEFAULT_TEMPERATURE, learnable_temperature: bool = False
+    model: ModelConfig,
+    temperature: float = DEFAULT_TEMPERATURE,
+    learnable_temperature: bool = False,
 ) -> tuple[LossSpec, ...]:
-    """VATT's losses: NCE(video, audio) in space va and MIL-NCE(video, text) in space vt."""
-    return (
-        LossSpec("va", "nce", "va", ("video", "audio"), temperature, learnable_temperature),
-        LossSpec("vt", "milnce", "vt", ("video", "text"), temperature, learnable_temperature),
-    )
+    """VATT's losses for ``model``: one per space that pairs the anchor with one other modality,
+    NCE against audio or video, MIL-NCE against text (its K candidate captions).
+
+    For the shipped configs: ``va`` = NCE(video, audio) and ``vt`` = MIL-NCE(video, text).
+    """
+    specs = []
+    for space in model.space_order():
+        members = list(model.spaces[space].heads)
+        if model.anchor not in members or len(members) != 2:
+            continue
+        other = next(m for m in members if m != model.anchor)
+        kind: Literal["nce", "milnce"] = (
+            "milnce" if model.modalities[other].kind == "text" else "nce"
+        )
+        pair = (model.anchor, other)
+        specs.append(LossSpec(space, kind, space, pair, temperature, learnable_temperature))
+    if not specs:
+        raise ConfigError(
+            f"losses: no space pairs the anchor {model.anchor!r} with one other modality; "
+            "list the losses in losses.specs"
+        )
+    return tuple(specs)
 
 
 class ContrastiveObjective(nn.Module):
@@ -73,7 +96,16 @@ class ContrastiveObjective(nn.Module):
         self, specs: Sequence[LossSpec] | None = None, gather: Gather | None = None
     ) -> None:
         super().__init__()
-        self.specs = tuple(default_specs() if specs is None else specs)
+        if specs is None:  # before 0.1.0 the default pair was built in here
+            warnings.warn(
+                "ContrastiveObjective() without specs is deprecated: pass "
+                "default_specs(model.config) (the default is removed in harmonia "
+                f"{REMOVED_IN})",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            specs = default_specs(ModelConfig.named("tiny"))
+        self.specs = tuple(specs)
         if not self.specs:
             raise ConfigError("losses: expected at least one loss")
         for i, spec in enumerate(self.specs):

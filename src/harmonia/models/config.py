@@ -3,7 +3,7 @@
 Everything that names a modality lives here, in data: the model code loops over
 ``config.modalities`` and ``config.spaces``, so a fourth modality (say a second video stream of
 kind ``video``) or a new size is a config change. Configs convert from plain mappings (YAML,
-JSON) with `harmonia.config.from_dict`, which names the offending key in its error.
+JSON) with `harmonia.typed_config.from_dict`, which names the offending key in its error.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harmonia.config import (
+from harmonia.errors import ConfigError
+from harmonia.typed_config import (
     FieldError,
     check,
     deep_merge,
@@ -23,7 +24,6 @@ from harmonia.config import (
     suggest,
     to_dict,
 )
-from harmonia.errors import ConfigError
 
 ModalityKind = Literal["video", "audio", "text"]
 FeatureKind = Literal["raw", "log_mel"]

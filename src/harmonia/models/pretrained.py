@@ -1,4 +1,4 @@
-"""Saving and loading a VATT model: model.safetensors + config.json + vocab.json, no pickle.
+"""A saved model directory: model.safetensors + config.json + vocab.json, no pickle.
 
 The weights file's metadata records the SHA-256 of the config and vocabulary written beside it,
 so a config or vocabulary edited or swapped after saving is caught, as are missing, extra or
@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from harmonia.errors import CheckpointError, ConfigError
 from harmonia.files import atomic_path, parse_json, write_atomic
 from harmonia.models.config import ModelConfig
 from harmonia.models.vocab import WordTokenizer
-
-if TYPE_CHECKING:
-    from harmonia.models.vatt import VATT
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -31,27 +31,50 @@ VOCAB = "vocab.json"
 FORMAT = "harmonia.vatt"
 
 
-def save_pretrained(model: VATT, directory: str | Path) -> None:
-    """Write the model's weights, config and vocabulary into ``directory`` (created if needed)."""
+@dataclass(frozen=True)
+class SavedModel:
+    """What a model directory holds, read and cross-checked by `read_pretrained`."""
+
+    path: Path
+    config: ModelConfig
+    tokenizer: WordTokenizer | None
+    tensors: dict[str, torch.Tensor]
+
+    def load_into(self, model: nn.Module) -> None:
+        """Copy the weights into ``model`` built from `config` (dtype of the saved weights);
+        missing, extra or reshaped tensors raise CheckpointError."""
+        _check_tensors(self.path / WEIGHTS, model.state_dict(), self.tensors)
+        dtypes = {t.dtype for t in self.tensors.values() if t.is_floating_point()}
+        if len(dtypes) == 1:
+            model.to(dtypes.pop())
+        model.load_state_dict(self.tensors, strict=True)
+
+
+def write_pretrained(
+    directory: str | Path,
+    config: ModelConfig,
+    tokenizer: WordTokenizer | None,
+    state: Mapping[str, torch.Tensor],
+) -> None:
+    """Write weights ``state``, ``config`` and the vocabulary into ``directory`` (created if
+    needed)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    config = _json_bytes({"format": FORMAT, "version": 1, "config": model.config.to_dict()})
-    vocab = _json_bytes(model.tokenizer.to_dict()) if model.tokenizer is not None else b""
+    config_bytes = _json_bytes({"format": FORMAT, "version": 1, "config": config.to_dict()})
+    vocab = _json_bytes(tokenizer.to_dict()) if tokenizer is not None else b""
     if vocab:
         write_atomic(path / VOCAB, vocab)
-    write_atomic(path / CONFIG, config)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt", "harmonia": FORMAT, "config_sha256": _sha(config)}
+    write_atomic(path / CONFIG, config_bytes)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    metadata = {"format": "pt", "harmonia": FORMAT, "config_sha256": _sha(config_bytes)}
     if vocab:
         metadata["vocab_sha256"] = _sha(vocab)
     with atomic_path(path / WEIGHTS) as tmp:
         save_file(tensors, tmp, metadata=metadata)
 
 
-def load_pretrained(directory: str | Path, device: torch.device | str | None = None) -> VATT:
-    """Rebuild the model `save_pretrained` wrote, checking that the three files agree."""
-    from harmonia.models.vatt import VATT
-
+def read_pretrained(directory: str | Path) -> SavedModel:
+    """Read what `write_pretrained` wrote, checking that the three files agree."""
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such model directory")
@@ -64,13 +87,7 @@ def load_pretrained(directory: str | Path, device: torch.device | str | None = N
     _check_digest(path, metadata, "config_sha256", CONFIG, config_bytes)
     if needs_vocab:
         _check_digest(path, metadata, "vocab_sha256", VOCAB, vocab_bytes)
-    model = VATT(config, tokenizer)
-    _check_tensors(path / WEIGHTS, model.state_dict(), tensors)
-    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
-    if len(dtypes) == 1:
-        model.to(dtypes.pop())
-    model.load_state_dict(tensors, strict=True)
-    return model.to(device) if device is not None else model
+    return SavedModel(path, config, tokenizer, tensors)
 
 
 def _json_bytes(data: Any) -> bytes:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from harmonia.errors import ConfigError
 from harmonia.models.config import FEATURE, ModelConfig
 from harmonia.models.heads import build_head
+from harmonia.models.pretrained import read_pretrained, write_pretrained
 from harmonia.models.tokenizers import ModalityTokenizer, build_tokenizer
 from harmonia.models.transformer import Transformer
 from harmonia.models.vocab import WordTokenizer
@@ -170,18 +171,17 @@ class VATT(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write model.safetensors, config.json and vocab.json into ``directory``."""
-        from harmonia.models.pretrained import save_pretrained
-
-        save_pretrained(self, directory)
+        write_pretrained(directory, self.config, self.tokenizer, self.state_dict())
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: torch.device | str | None = None
     ) -> VATT:
         """Load what `save_pretrained` wrote; a mismatch raises CheckpointError."""
-        from harmonia.models.pretrained import load_pretrained
-
-        return load_pretrained(directory, device)
+        saved = read_pretrained(directory)
+        model = cls(saved.config, saved.tokenizer)
+        saved.load_into(model)
+        return model.to(device) if device is not None else model
 
 
 def _init_weights(module: nn.Module) -> None:

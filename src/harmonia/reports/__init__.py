@@ -1,7 +1,7 @@
-"""Human-readable reports of a training run: the self-contained audit HTML and its plots."""
+"""Deprecated: moved to `harmonia.audit` (this alias is removed in harmonia 0.2.0)."""
 
-from __future__ import annotations
+import sys
 
-from harmonia.reports.audit import AuditOutputs, build_audit
+from harmonia.deprecation import moved_module
 
-__all__ = ["AuditOutputs", "build_audit"]
+sys.modules[__name__] = moved_module(__name__, "harmonia.audit")

@@ -32,9 +32,9 @@ from torch import nn
 
 from harmonia.errors import CheckpointError, first_line
 from harmonia.files import parse_json
+from harmonia.training.layout import CHECKPOINTS_DIR as CHECKPOINTS
 
 FORMAT_VERSION = 1
-CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 LEDGER = "ledger.json"

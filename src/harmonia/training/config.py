@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harmonia.config import (
+from harmonia.data.config import BuildConfig
+from harmonia.errors import ConfigError
+from harmonia.harmonization.stats import NoisinessScore
+from harmonia.losses.objective import LossSpec, default_specs
+from harmonia.losses.temperature import DEFAULT_TEMPERATURE
+from harmonia.models.config import ModelConfig
+from harmonia.models.sizes import SIZES
+from harmonia.typed_config import (
     FieldError,
     apply_overrides,
     check,
@@ -27,13 +34,6 @@ from harmonia.config import (
     require_range,
     suggest,
 )
-from harmonia.data.config import BuildConfig
-from harmonia.errors import ConfigError
-from harmonia.harmonization.stats import NoisinessScore
-from harmonia.losses.objective import LossSpec, default_specs
-from harmonia.losses.temperature import DEFAULT_TEMPERATURE
-from harmonia.models.config import ModelConfig
-from harmonia.models.sizes import SIZES
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -94,11 +94,11 @@ class LossesConfig:
             names = [s.name for s in self.specs]
             check(len(set(names)) == len(names), "specs", f"loss names must differ, got {names}")
 
-    def resolved(self) -> list[LossSpec]:
-        """The losses to train with."""
+    def resolved(self, model: ModelConfig) -> list[LossSpec]:
+        """The losses to train ``model`` with."""
         if self.specs is not None:
             return list(self.specs)
-        return list(default_specs(self.temperature, self.learnable_temperature))
+        return list(default_specs(model, self.temperature, self.learnable_temperature))
 
 
 @dataclass

@@ -31,6 +31,31 @@ def cosine_histogram(values: torch.Tensor, bins: int = HIST_BINS) -> list[int]:
     return [int(c) for c in torch.histc(flat, bins=bins, min=-1.0, max=1.0).tolist()]
 
 
+class Throughput:
+    """Time and samples of the steps since the last log row."""
+
+    def __init__(self) -> None:
+        self.busy, self.samples, self.steps = 0.0, 0, 0
+
+    def add(self, seconds: float, samples: int) -> None:
+        """One step that took ``seconds`` on ``samples`` samples of this rank."""
+        self.busy += seconds
+        self.samples += samples
+        self.steps += 1
+
+    def take(self, world_size: int, data_wait: float) -> dict[str, float]:
+        """Samples per second over all ranks, seconds per step and the fraction of the time
+        spent waiting for data (``data_wait`` seconds); then start a new window."""
+        busy = max(self.busy, 1e-9)
+        row = {
+            "throughput": self.samples * world_size / busy,
+            "step_time": self.busy / max(self.steps, 1),
+            "data_wait": data_wait / busy,
+        }
+        self.busy, self.samples, self.steps = 0.0, 0, 0
+        return row
+
+
 class MetricAccumulator:
     """Averages scalar metrics and gathers cosine values between two logging steps."""
 

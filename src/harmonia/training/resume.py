@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harmonia.config import to_dict
 from harmonia.errors import CheckpointError, HarmoniaError
 from harmonia.files import parse_json
 from harmonia.models import VATT
@@ -23,9 +22,9 @@ from harmonia.training.checkpoint import (
 )
 from harmonia.training.config import TrainConfig
 from harmonia.training.distributed import DistributedContext
-from harmonia.training.layout import CONFIG_FILE, SUMMARY_FILE
+from harmonia.training.layout import CONFIG_FILE, MODEL_DIR, SUMMARY_FILE
+from harmonia.typed_config import to_dict
 
-MODEL_DIR = "model"
 RESUMABLE_CHANGES = (
     "train.",
     "eval.",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harmonia.reports.media import data_uri, thumbnail_strip, wav_bytes
+from harmonia.audit.media import data_uri, thumbnail_strip, wav_bytes
 
 
 def test_wav_round_trip_is_16_bit_exact_and_clips() -> None:

@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
+from harmonia.audit import build_audit, plots
 from harmonia.cli import main
 from harmonia.data import load_labels
 from harmonia.evaluation.labels import noise_flag
 from harmonia.harmonization.ledger import ConflictLedger
-from harmonia.reports import build_audit, plots
 from harmonia.training.health import judge
 from harmonia.training.logging import MetricLogger
 

@@ -16,15 +16,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from harmonia.data.index import load_labels
-from harmonia.errors import HarmoniaError
-from harmonia.evaluation.labels import NOISE_FLAGS, noise_flag
-from harmonia.evaluation.noise_detection import detection_metrics, precision_at
-from harmonia.evaluation.run_dir import RunDir
-from harmonia.files import parse_json, refuse_special, write_atomic
-from harmonia.harmonization.ledger import LedgerEntry
-from harmonia.reports import plots
-from harmonia.reports.html import (
+from harmonia.audit import plots
+from harmonia.audit.html import (
     audio_player,
     esc,
     img,
@@ -34,8 +27,16 @@ from harmonia.reports.html import (
     table,
     visible,
 )
-from harmonia.reports.media import data_uri, thumbnail_strip, wav_bytes
-from harmonia.reports.samples import MediaLookup, SampleMedia, dataset_media
+from harmonia.audit.media import data_uri, thumbnail_strip, wav_bytes
+from harmonia.audit.samples import MediaLookup, SampleMedia, dataset_media
+from harmonia.data.index import load_labels
+from harmonia.errors import HarmoniaError
+from harmonia.evaluation.labels import NOISE_FLAGS, noise_flag
+from harmonia.evaluation.noise_detection import detection_metrics, precision_at
+from harmonia.evaluation.run_dir import RunDir
+from harmonia.files import parse_json, refuse_special, write_atomic
+from harmonia.harmonization.ledger import LedgerEntry
+from harmonia.training.layout import SUMMARY_FILE
 
 LABEL_FIELDS = (
     "split",
@@ -142,7 +143,7 @@ def _overview(
             pairs.append((f"harmonize.{key}", _short(harmonize[key])))
     if records:
         pairs.append(("logged steps", f"{len(records)} (last step {records[-1].get('step')})"))
-    summary = _read_json(run.path / "summary.json")
+    summary = _read_json(run.path / SUMMARY_FILE)
     for key in ("steps", "time", "stopped", "status"):
         if key in summary:
             pairs.append((f"summary.{key}", _short(summary[key])))
@@ -199,7 +200,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _eval_table(evaluation: Mapping[str, Any]) -> str:
-    from harmonia.evaluation.report import headline_rows
+    from harmonia.evaluation.table import headline_rows
 
     rows = [(esc(name), esc(value)) for name, value in headline_rows(evaluation)]
     return table(["metric", "value"], rows, numeric=(1,)) if rows else ""

@@ -6,7 +6,7 @@ import html
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from harmonia.reports.media import data_uri
+from harmonia.audit.media import data_uri
 
 STYLE = """
 *{box-sizing:border-box}
