@@ -36,6 +36,14 @@ class GradVac(OrderedMethod):
     a step share the targets, which move once per step by the mean over samples of ``phi``
     (the paper moves them once per step with its one batch gradient). The targets are state:
     save them with `state_dict`.
+
+    Two per-sample gradients ``g1 = (1, 0)`` and ``g2 = (-1, 1)`` conflict (``<g1, g2> = -1``);
+    from their Gram matrix the method returns the coefficients of on the first step (targets still 0) PCGrad's ``2 g1 + 1.5 g2``:
+
+    >>> import torch
+    >>> gram = torch.tensor([[[1.0, -1.0], [-1.0, 2.0]]], dtype=torch.float64)
+    >>> GradVac()(gram, torch.Generator()).coefficients
+    tensor([[2.0000, 1.5000]], dtype=torch.float64)
     """
 
     name = "gradvac"

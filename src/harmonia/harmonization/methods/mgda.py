@@ -23,6 +23,14 @@ class MGDA(Method):
     ``w = argmin_{w in simplex} |sum_k w_k g_k|``; the direction decreases every loss of the
     sample (or is zero at a Pareto-stationary sample). Coefficients are ``M w`` so that ``M``
     identical gradients give their plain sum, keeping the step size comparable to ``none``.
+
+    Two per-sample gradients ``g1 = (1, 0)`` and ``g2 = (-1, 1)`` conflict (``<g1, g2> = -1``);
+    from their Gram matrix the method returns the coefficients of ``M`` times the min-norm point of the hull, ``2 * (0.6 g1 + 0.4 g2) = (0.4, 0.8)``:
+
+    >>> import torch
+    >>> gram = torch.tensor([[[1.0, -1.0], [-1.0, 2.0]]], dtype=torch.float64)
+    >>> MGDA()(gram, torch.Generator()).coefficients
+    tensor([[1.2000, 0.8000]], dtype=torch.float64)
     """
 
     name = "mgda"

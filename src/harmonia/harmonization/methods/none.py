@@ -13,6 +13,14 @@ class NoSurgery(Method):
 
     The baseline: with it the Harmonizer only measures (cosines, norms, conflict scores) and the
     gradients equal ``sum(losses).backward()``.
+
+    Two per-sample gradients ``g1 = (1, 0)`` and ``g2 = (-1, 1)`` conflict (``<g1, g2> = -1``);
+    from their Gram matrix the method returns the coefficients of the plain sum ``g1 + g2``:
+
+    >>> import torch
+    >>> gram = torch.tensor([[[1.0, -1.0], [-1.0, 2.0]]], dtype=torch.float64)
+    >>> NoSurgery()(gram, torch.Generator()).coefficients
+    tensor([[1., 1.]], dtype=torch.float64)
     """
 
     name = "none"

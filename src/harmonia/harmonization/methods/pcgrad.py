@@ -25,6 +25,14 @@ class PCGrad(OrderedMethod):
     ``g_j``, as in the paper). The result is ``sum_i g_i'``. Writing ``g_i' = sum_m c_m g_m`` makes
     ``<g_i', g_j> = (G c)_j`` and a projection an update of ``c_j`` alone. Orders are drawn per
     sample and per task (they only matter for three or more losses).
+
+    Two per-sample gradients ``g1 = (1, 0)`` and ``g2 = (-1, 1)`` conflict (``<g1, g2> = -1``);
+    from their Gram matrix the method returns the coefficients of ``2 g1 + 1.5 g2 = (0.5, 1.5)``, i.e. ``g1' + g2'`` with ``g1' = (0.5, 0.5)`` and ``g2' = (0, 1)``:
+
+    >>> import torch
+    >>> gram = torch.tensor([[[1.0, -1.0], [-1.0, 2.0]]], dtype=torch.float64)
+    >>> PCGrad()(gram, torch.Generator()).coefficients
+    tensor([[2.0000, 1.5000]], dtype=torch.float64)
     """
 
     name = "pcgrad"

@@ -20,6 +20,14 @@ class UPGrad(Method):
     ``l_i = argmin_{l >= 0} (e_i + l)^T G (e_i + l)``; the result is ``sum_i v_i`` (the paper's
     preference vector set to ones, so that non-conflicting gradients give the plain sum). The
     result never conflicts with any loss of the sample.
+
+    Two per-sample gradients ``g1 = (1, 0)`` and ``g2 = (-1, 1)`` conflict (``<g1, g2> = -1``);
+    from their Gram matrix the method returns the coefficients of ``2 g1 + 1.5 g2``: each gradient projected onto the dual cone of both:
+
+    >>> import torch
+    >>> gram = torch.tensor([[[1.0, -1.0], [-1.0, 2.0]]], dtype=torch.float64)
+    >>> UPGrad()(gram, torch.Generator()).coefficients
+    tensor([[2.0000, 1.5000]], dtype=torch.float64)
     """
 
     name = "upgrad"
