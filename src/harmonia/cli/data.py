@@ -12,7 +12,9 @@ from harmonia.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("data", help="build, fetch and inspect the AV-MNIST-T dataset")
+    parser = subparsers.add_parser(
+        "data", help="build AV-MNIST-T, import your own videos, fetch and inspect datasets"
+    )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
 
     def no_action(args: argparse.Namespace) -> int:
@@ -50,6 +52,34 @@ def register(subparsers: Any) -> None:
     fetch.add_argument("--jobs", type=int, default=8, help="parallel downloads")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(func=run_fetch)
+
+    imp = sub.add_parser(
+        "import",
+        help="import your own videos + captions (a folder and a table, or WebDataset shards)",
+        description="Cut clips at a model's media spec from your own videos and captions and "
+        "write them as a dataset `harmonia train --data` reads (docs/your-data.md).",
+    )
+    imp.add_argument(
+        "folder", nargs="?", default=None, help="folder of media files (with --captions)"
+    )
+    imp.add_argument(
+        "--captions",
+        default=None,
+        help="captions table (.csv or .jsonl): path (relative to FOLDER), caption and/or "
+        "captions, optional start, end, key; other columns are kept as metadata",
+    )
+    imp.add_argument(
+        "--shards",
+        nargs="+",
+        default=None,
+        help="video2dataset-style .tar shards ({key}.mp4 + {key}.txt/.json), brace patterns allowed",
+    )
+    imp.add_argument("--out", required=True, help="output dataset directory")
+    add_import_options(imp)
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    imp.add_argument("--workers", type=int, default=None, help="processes (default: CPUs, max 8)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=run_import)
 
     info = sub.add_parser("info", help="print a built dataset's summary")
     info.add_argument("dir", help="dataset directory")
@@ -110,20 +140,98 @@ def add_build_options(parser: argparse.ArgumentParser) -> None:
         help="misaligned fraction of the extra source",
     )
     g.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per shard")
-    g.add_argument("--frames", type=int, default=d.media.frames)
-    g.add_argument("--fps", type=int, default=d.media.fps)
-    g.add_argument(
-        "--size", type=int, default=d.media.height, help="frame height and width in pixels"
-    )
-    g.add_argument("--sample-rate", type=int, default=d.media.sample_rate)
+    add_clip_shape(g, d.media)
     g.add_argument(
         "--captions", type=int, default=d.media.captions_per_clip, help="captions per clip"
     )
 
 
+def add_clip_shape(group: Any, media: Any) -> None:
+    """--frames, --fps, --size and --sample-rate, with ``media``'s values as defaults."""
+    group.add_argument("--frames", type=int, default=media.frames)
+    group.add_argument("--fps", type=int, default=media.fps)
+    group.add_argument(
+        "--size", type=int, default=media.height, help="frame height and width in pixels"
+    )
+    group.add_argument("--sample-rate", type=int, default=media.sample_rate)
+
+
+def clip_shape(args: argparse.Namespace, **more: Any) -> Any:
+    """The MediaSpec of the options `add_clip_shape` added (plus ``more`` fields)."""
+    from harmonia.data import MediaSpec
+
+    return MediaSpec(
+        frames=args.frames,
+        fps=args.fps,
+        height=args.size,
+        width=args.size,
+        sample_rate=args.sample_rate,
+        **more,
+    )
+
+
+def add_import_options(parser: argparse.ArgumentParser) -> None:
+    """How `data import` cuts and splits clips (defaults: the shipped models' clip)."""
+    from harmonia.data.importer import ImportOptions
+    from harmonia.data.transcode import FITS
+
+    d = ImportOptions()  # one source of truth for every default
+    g = parser.add_argument_group("clips")
+    add_clip_shape(g, d.media)
+    g.add_argument(
+        "--fit", choices=FITS, default=d.fit, help="crop to fill the frame, or pad to keep all"
+    )
+    g.add_argument("--video-stream", type=int, default=d.video_stream, help="which video stream")
+    g.add_argument("--audio-stream", type=int, default=d.audio_stream, help="which audio stream")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    g.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds the split of keys")
+    g.add_argument("--shard-size", type=int, default=d.shard_size, help="clips per shard")
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from harmonia.data import describe
+    from harmonia.data.builder import default_workers
+    from harmonia.data.import_inputs import shard_candidates, table_candidates
+    from harmonia.data.importer import ImportOptions, import_dataset
+
+    if (args.folder is None) == (args.shards is None) or (args.folder is None) != (
+        args.captions is None
+    ):
+        raise ConfigError("give FOLDER with --captions TABLE, or --shards PATTERN...")
+    options = ImportOptions(
+        media=clip_shape(args),
+        fit=args.fit,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        video_stream=args.video_stream,
+        audio_stream=args.audio_stream,
+    )
+    if args.folder is not None:
+        inputs = table_candidates(Path(args.folder), Path(args.captions))
+        describe_inputs = {"folder": args.folder, "captions": args.captions}
+    else:
+        inputs = shard_candidates(args.shards)
+        describe_inputs = {"shards": list(args.shards)}
+    summary = import_dataset(
+        inputs,
+        args.out,
+        options,
+        describe=describe_inputs,
+        overwrite=args.overwrite,
+        workers=default_workers() if args.workers is None else args.workers,
+        progress=not args.quiet,
+    )
+    print(describe(summary))
+    print(f"written to {args.out}")
+    return 0
+
+
 def build_config(args: argparse.Namespace) -> Any:
     """BuildConfig from parsed options (ConfigError names a bad option)."""
-    from harmonia.data import BuildConfig, MediaSpec
+    from harmonia.data import BuildConfig
 
     try:
         mix = tuple(float(x) for x in args.noise_mix.split(","))
@@ -135,14 +243,7 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ConfigError(
             f"--noise-mix must be three numbers TEXT,AUDIO,BOTH, got {args.noise_mix!r}"
         )
-    media = MediaSpec(
-        frames=args.frames,
-        fps=args.fps,
-        height=args.size,
-        width=args.size,
-        sample_rate=args.sample_rate,
-        captions_per_clip=args.captions,
-    )
+    media = clip_shape(args, captions_per_clip=args.captions)
     return BuildConfig(
         seed=args.seed,
         sizes={"train": args.train, "val": args.val, "test": args.test},
@@ -171,7 +272,7 @@ def load_source(name: str | None, *, allow_builtin: bool) -> Any:
 
 def run_build(args: argparse.Namespace) -> int:
     from harmonia.data import build_dataset, describe
-    from harmonia.data.builder import check_output
+    from harmonia.data.staging import check_output
 
     config = build_config(args)
     check_output(Path(args.out), args.overwrite)  # before loading (and warning about) the source

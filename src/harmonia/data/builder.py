@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from harmonia.data.index import (
 from harmonia.data.plan import SamplePlan, make_plans, split_pools
 from harmonia.data.shards import SHARD_FOLDER, shard_name, write_shard
 from harmonia.data.source_data import SourceData
+from harmonia.data.staging import check_output, staged_dataset
 from harmonia.errors import DataError
 
 
@@ -44,16 +44,6 @@ def default_workers() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus))
-
-
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless overwrite; never overwrite something that is not a dataset."""
-    if out.exists() and not overwrite:
-        raise DataError(f"output {out} already exists (pass --overwrite to replace it)")
-    if out.exists() and not (out / SUMMARY_FILE).is_file() and any(out.iterdir()):
-        raise DataError(
-            f"refusing to overwrite {out}: it is not empty and not an AV-MNIST-T dataset"
-        )
 
 
 def build_dataset(
@@ -73,57 +63,14 @@ def build_dataset(
         raise DataError(f"--workers must be >= 1, got {workers}")
     started = time.perf_counter()
     plans = make_plans(config, source)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_killed_builds(out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / SHARD_FOLDER).mkdir(parents=True)
+    with staged_dataset(out, overwrite) as tmp:
         records = _write_shards(tmp, plans, config, source, workers, progress)
         write_index(tmp / INDEX_FILE, records)
         summary = _summary(
             config, source, plans, records, tmp, time.perf_counter() - started, workers
         )
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        _replace(tmp, out)
-    except OSError as err:  # read-only or full disk, --out below a file
-        where = f": {err.filename}" if err.filename else ""
-        raise DataError(
-            f"cannot write the dataset {out} ({err.strerror or err}{where}); nothing was written"
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
-
-
-def _remove_killed_builds(out: Path) -> None:
-    """Delete the work directories that killed builds of ``out`` left (their process is gone)."""
-    prefix = f".{out.name}.tmp-"
-    for stale in out.parent.iterdir():
-        pid = stale.name[len(prefix) :]
-        if stale.name.startswith(prefix) and pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is moved aside first and deleted only afterwards."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _tasks(plans: list[SamplePlan], config: BuildConfig, source: SourceData) -> Iterator[ClipTask]:

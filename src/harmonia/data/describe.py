@@ -21,6 +21,8 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 def _describe(summary: dict[str, Any]) -> str:
+    if "import" in summary:
+        return _describe_import(summary)
     media = summary["media"]
     build = summary.get("build", {})
     source = build.get("source", {})
@@ -46,4 +48,35 @@ def _describe(summary: dict[str, Any]) -> str:
     lines.append(f"  checksum {summary['checksum']}")
     if source.get("warning"):
         lines.append(f"  {source['warning']}")
+    return "\n".join(lines)
+
+
+def _media_line(media: dict[str, Any]) -> str:
+    return (
+        f"  media: {media['frames']} frames @ {media['fps']} fps, {media['height']}x{media['width']} "
+        f"H.264; {media['audio_samples']} audio samples @ {media['sample_rate']} Hz AAC"
+    )
+
+
+def _describe_import(summary: dict[str, Any]) -> str:
+    """An imported dataset: clips per split, clips without audio, what was skipped and why."""
+    info = summary["import"]
+    lines = [
+        f"imported: {summary['samples']} clips, {summary['bytes'] / 1e6:.1f} MB, "
+        f"in {info.get('seconds', float('nan')):.1f} s with {info.get('workers', '?')} workers "
+        "(no labels)",
+        _media_line(summary["media"]),
+    ]
+    for name, split in summary["splits"].items():
+        lines.append(
+            f"  {name:<5} {split['samples']:>6} clips in {len(split['shards'])} shards, "
+            f"{split['without_audio']} without audio"
+        )
+    skipped = info["skipped"]
+    lines.append(f"  skipped {skipped}" + (":" if skipped else ""))
+    for reason, count in info["skipped_by_reason"].items():
+        lines.append(f"    {count:>6} x {reason}")
+    for item in info["skipped_items"][:10]:
+        lines.append(f"    e.g. {item['source']}: {item['reason']}")
+    lines.append(f"  checksum {summary['checksum']}")
     return "\n".join(lines)

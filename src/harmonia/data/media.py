@@ -57,11 +57,15 @@ def encode_mp4(video: np.ndarray, audio: np.ndarray | None, spec: MediaSpec) -> 
     return buf.getvalue()
 
 
-def decode_mp4(data: bytes, spec: MediaSpec) -> tuple[np.ndarray, np.ndarray]:
+def decode_mp4(
+    data: bytes, spec: MediaSpec, *, audio: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode to (video uint8 [T, H, W, 3], audio float32 [N]) of exactly the spec's shape.
 
     Audio samples are placed by their timestamps, so the AAC encoder's priming and padding
-    never shift or lengthen the waveform. Raises CorruptMedia for anything else.
+    never shift or lengthen the waveform. ``audio=False`` is a clip stored without sound (an
+    imported video that had none): its waveform is all zeros, which the model treats as
+    missing. Raises CorruptMedia for anything else.
     """
     try:
         # the intended demuxer only: probing costs more than decoding a clip, and a probed
@@ -72,18 +76,20 @@ def decode_mp4(data: bytes, spec: MediaSpec) -> tuple[np.ndarray, np.ndarray]:
     with container:
         if not container.streams.video:
             raise CorruptMedia("no video stream")
-        if not container.streams.audio:
+        if audio and not container.streams.audio:
             raise CorruptMedia("no audio stream")
+        if not audio and container.streams.audio:
+            raise CorruptMedia("an audio stream in a clip stored without audio")
         vstream = container.streams.video[0]
-        astream = container.streams.audio[0]
+        astream = container.streams.audio[0] if audio else None
         _check_headers(vstream, astream, spec)
         vstream.codec_context.thread_count = 1
         frames: list[np.ndarray] = []
         to_rgb = VideoReformatter()  # one conversion context for all frames (much faster)
-        audio = np.zeros(spec.audio_samples, dtype=np.float32)
-        covered = 0
+        waveform = np.zeros(spec.audio_samples, dtype=np.float32)
+        covered = 0 if audio else spec.audio_samples
         try:
-            for packet in container.demux(vstream, astream):
+            for packet in container.demux(*[s for s in (vstream, astream) if s is not None]):
                 if packet.stream is astream and _after_clip(packet, spec):
                     continue  # audio past the clip's end: not decoded at all
                 for frame in packet.decode():
@@ -99,14 +105,14 @@ def decode_mp4(data: bytes, spec: MediaSpec) -> tuple[np.ndarray, np.ndarray]:
                             raise CorruptMedia(f"video has more than {spec.frames} frames")
                         frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
                     elif isinstance(frame, av.AudioFrame):
-                        covered += _place_audio(frame, audio, spec)
+                        covered += _place_audio(frame, waveform, spec)
         except (av.error.FFmpegError, ValueError, OSError) as err:
             raise CorruptMedia(f"decoding failed ({_short(err)})") from None
     if len(frames) != spec.frames:
         raise CorruptMedia(f"video has {len(frames)} frames, expected {spec.frames}")
     if covered < spec.audio_samples:
         raise CorruptMedia(f"audio has {covered} samples, expected {spec.audio_samples}")
-    return np.stack(frames), np.clip(audio, -1.0, 1.0)
+    return np.stack(frames), np.clip(waveform, -1.0, 1.0)
 
 
 def _check_headers(vstream: Any, astream: Any, spec: MediaSpec) -> None:
@@ -120,7 +126,7 @@ def _check_headers(vstream: Any, astream: Any, spec: MediaSpec) -> None:
         raise CorruptMedia(f"video is {height}x{width}, expected {spec.height}x{spec.width}")
     if vstream.frames and vstream.frames != spec.frames:
         raise CorruptMedia(f"video has {vstream.frames} frames, expected {spec.frames}")
-    rate = astream.codec_context.sample_rate
+    rate = astream.codec_context.sample_rate if astream is not None else 0
     if rate and rate != spec.sample_rate:
         raise CorruptMedia(f"audio is {rate} Hz, expected {spec.sample_rate}")
 

@@ -45,8 +45,11 @@ def decode_members(key: str, members: Mapping[str, bytes], spec: MediaSpec) -> d
     sample_id = meta.get("id", key)
     if sample_id != key:
         raise CorruptSample(f"json id {sample_id!r} does not match member name {key!r}")
+    has_audio = meta.get("audio", True)
+    if not isinstance(has_audio, bool):
+        raise CorruptSample("json member's 'audio' must be true or false")
     try:
-        video, audio = decode_mp4(members["mp4"], spec)
+        video, audio = decode_mp4(members["mp4"], spec, audio=has_audio)
     except CorruptMedia as err:
         raise CorruptSample(f"mp4: {err}") from None
     return {

@@ -75,6 +75,8 @@ def validate(
         model.train(was_training)
     metrics = {f"val/loss/{k}": sums[k] / max(counts[k], 1) for k in sums}
     for spec in objective.specs:
+        if spec.name not in pairs:  # a validation split smaller than one batch
+            continue
         first, second = spec.modalities
         a, b, mask = (torch.cat(parts) for parts in zip(*pairs[spec.name], strict=True))
         keep = mask.any(dim=1)

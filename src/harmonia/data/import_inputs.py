@@ -1,0 +1,267 @@
+"""What `harmonia data import` reads: clips to cut, each with its captions, from a user's data.
+
+Two kinds of input, each yielding `Candidate` clips (and `Refusal` records for what cannot be
+one, with the reason):
+
+- a folder of media files plus a captions table (``.csv`` or ``.jsonl``): one row per clip,
+  ``path`` relative to the folder, ``caption`` (one string) and/or ``captions`` (a list; in a
+  CSV a JSON list), optional ``start`` / ``end`` seconds and ``key``; every other column is kept
+  as the clip's metadata. Rows with the same key add their captions to one clip.
+- WebDataset shards as video2dataset writes them: ``{key}.mp4`` with ``{key}.txt`` and/or
+  ``{key}.json`` (its ``caption`` field) in local ``.tar`` files, given as paths or brace
+  patterns (``shards/{00000..00009}.tar``).
+
+Nothing here decodes media; paths that leave the folder are refused, never followed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harmonia.errors import DataError
+from harmonia.files import parse_json
+
+MAX_TABLE_BYTES = 1 << 30
+MAX_MEMBER_BYTES = 1 << 30
+"""A shard member larger than this is refused (read into memory to be transcoded)."""
+MAX_CAPTION_CHARS = 2000
+KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
+"""Sample keys: shard members are named ``{key}.{extension}``, so a key holds no dot."""
+RESERVED = {"path", "caption", "captions", "start", "end", "key"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One clip to cut: where its media is, when it starts, its captions and metadata."""
+
+    key: str
+    captions: tuple[str, ...]
+    source: str
+    """The file as the user named it (a path relative to the folder, or ``shard:member``)."""
+    path: Path | None = None
+    data: bytes | None = None
+    start: float = 0.0
+    end: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An input that is not imported, and why (counted and named in the summary)."""
+
+    source: str
+    reason: str
+
+
+def table_candidates(folder: Path, table: Path) -> Iterator[Candidate | Refusal]:
+    """The clips a captions table names in ``folder`` (rows merged by key, in table order)."""
+    root = folder.resolve()
+    if not root.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    merged: dict[str, Candidate] = {}
+    for number, row in _rows(table):
+        where = f"{table.name}:{number}"
+        made = _candidate(root, row, where)
+        if isinstance(made, Refusal):
+            yield made
+            continue
+        before = merged.get(made.key)
+        if before is None:
+            merged[made.key] = made
+        elif (before.path, before.start, before.end) != (made.path, made.start, made.end):
+            yield Refusal(where, f"duplicate key {made.key!r} for another file or span")
+        else:
+            captions = before.captions + tuple(c for c in made.captions if c not in before.captions)
+            merged[made.key] = Candidate(**{**before.__dict__, "captions": captions})
+    yield from merged.values()
+
+
+def _rows(table: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        if table.stat().st_size > MAX_TABLE_BYTES:
+            raise DataError(f"{table}: larger than {MAX_TABLE_BYTES} bytes")
+        text = table.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise DataError(f"{table}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{table}: not UTF-8 text") from None
+    if table.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = parse_json(line)
+            except ValueError:
+                row = None
+            yield number, row if isinstance(row, dict) else {"__invalid__": "not a JSON object"}
+        return
+    if table.suffix.lower() != ".csv":
+        raise DataError(f"{table}: expected a .csv or .jsonl captions table")
+    reader = csv.DictReader(io.StringIO(text))
+    if "path" not in (reader.fieldnames or []):
+        raise DataError(f"{table}: the table has no 'path' column")
+    for number, row in enumerate(reader, 2):
+        yield number, dict(row)
+
+
+def _candidate(root: Path, row: Mapping[str, Any], where: str) -> Candidate | Refusal:
+    if "__invalid__" in row:
+        return Refusal(where, row["__invalid__"])
+    raw = row.get("path")
+    if not isinstance(raw, str) or not raw.strip():
+        return Refusal(where, "no path")
+    path = (root / raw).resolve()
+    if not path.is_relative_to(root):
+        return Refusal(f"{where} ({raw})", "the path leaves the folder (refused, not followed)")
+    if not path.is_file():
+        return Refusal(f"{where} ({raw})", "no such file")
+    captions = _captions(row)
+    if isinstance(captions, Refusal):
+        return Refusal(f"{where} ({raw})", captions.reason)
+    span = _span(row)
+    if isinstance(span, str):
+        return Refusal(f"{where} ({raw})", span)
+    start, end = span
+    key = row.get("key") or _key_for(raw, start)
+    if not isinstance(key, str) or not KEY.match(key):
+        return Refusal(f"{where} ({raw})", f"invalid key {key!r} (letters, digits, _ -)")
+    metadata = {str(k): v for k, v in row.items() if k not in RESERVED and v not in (None, "")}
+    return Candidate(key, captions, raw, path=path, start=start, end=end, metadata=metadata)
+
+
+def _captions(row: Mapping[str, Any]) -> tuple[str, ...] | Refusal:
+    found: list[Any] = []
+    if row.get("caption") not in (None, ""):
+        found.append(row["caption"])
+    listed = row.get("captions")
+    if isinstance(listed, str) and listed.strip():
+        try:
+            listed = json.loads(listed)
+        except ValueError:
+            return Refusal("", "'captions' is not a JSON list")
+    if isinstance(listed, list):
+        found.extend(listed)
+    elif listed not in (None, ""):
+        return Refusal("", "'captions' must be a list")
+    return clean_captions(found)
+
+
+def clean_captions(found: Sequence[Any]) -> tuple[str, ...] | Refusal:
+    """Non-empty caption strings (whitespace collapsed, at most MAX_CAPTION_CHARS), in order."""
+    captions: list[str] = []
+    for item in found:
+        if not isinstance(item, str):
+            return Refusal("", f"a caption is not a string ({type(item).__name__})")
+        text = " ".join(item.split())[:MAX_CAPTION_CHARS]
+        if text and text not in captions:
+            captions.append(text)
+    if not captions:
+        return Refusal("", "no non-empty caption")
+    return tuple(captions)
+
+
+def _span(row: Mapping[str, Any]) -> tuple[float, float | None] | str:
+    try:
+        start = float(row.get("start") or 0.0)
+        end = float(row["end"]) if row.get("end") not in (None, "") else None
+    except (TypeError, ValueError):
+        return "start/end are not numbers"
+    if not (start >= 0.0 and start < float("inf")):
+        return f"invalid start {start}"
+    if end is not None and not end > start:
+        return f"zero-length or reversed span ({start:g} to {end:g} s)"
+    return start, end
+
+
+def _key_for(path: str, start: float) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path).strip("_-") or "clip"
+    suffix = f"_{start:.3f}s".replace(".", "_") if start else ""
+    return (stem + suffix)[-200:].lstrip("_-") or "clip"
+
+
+# ---------------------------------------------------------------------- WebDataset shards
+def expand_braces(pattern: str) -> list[str]:
+    """``a{00..02}b`` -> a00b, a01b, a02b; ``{x,y}`` -> x, y (nested and repeated)."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo, hi = numeric.group(1), numeric.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        choices = [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+    else:
+        choices = body.split(",")
+    return [name for choice in choices for name in expand_braces(head + choice + tail)]
+
+
+def shard_candidates(patterns: Sequence[str]) -> Iterator[Candidate | Refusal]:
+    """The clips of video2dataset-style shards: ``{key}.mp4`` + ``.txt`` / ``.json`` captions."""
+    for pattern in patterns:
+        for name in expand_braces(pattern):
+            path = Path(name)
+            if not path.is_file():
+                yield Refusal(name, "no such shard")
+                continue
+            yield from _shard(path)
+
+
+def _shard(path: Path) -> Iterator[Candidate | Refusal]:
+    groups: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            for member in archive:
+                if not member.isfile() or "." not in member.name:
+                    continue
+                key, ext = member.name.rsplit("/", 1)[-1].split(".", 1)
+                if ext not in ("mp4", "webm", "mkv", "avi", "txt", "json"):
+                    continue
+                if member.size > MAX_MEMBER_BYTES:
+                    yield Refusal(f"{path.name}:{member.name}", "member too large")
+                    continue
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    groups.setdefault(key, {})[ext] = handle.read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        yield Refusal(str(path), f"not a readable tar file ({err})")
+    for key, members in groups.items():
+        yield _shard_candidate(path, key, members)
+
+
+def _shard_candidate(path: Path, key: str, members: dict[str, bytes]) -> Candidate | Refusal:
+    where = f"{path.name}:{key}"
+    media = next((members[e] for e in ("mp4", "webm", "mkv", "avi") if e in members), None)
+    if media is None:
+        return Refusal(where, "no video member")
+    found: list[Any] = []
+    metadata: dict[str, Any] = {}
+    try:
+        if "txt" in members:
+            found.append(members["txt"].decode("utf-8"))
+        if "json" in members:
+            meta = parse_json(members["json"])
+            if isinstance(meta, dict):
+                if isinstance(meta.get("caption"), str):
+                    found.append(meta["caption"])
+                metadata = {k: v for k, v in meta.items() if k != "caption" and _plain(v)}
+    except (UnicodeDecodeError, ValueError):
+        return Refusal(where, "captions are not UTF-8 text / valid JSON")
+    captions = clean_captions(found)
+    if isinstance(captions, Refusal):
+        return Refusal(where, captions.reason)
+    if not KEY.match(key):
+        return Refusal(where, f"invalid key {key!r} (letters, digits, _ -)")
+    return Candidate(key, captions, where, data=media, metadata=metadata)
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))

@@ -1,0 +1,351 @@
+"""`harmonia data import`: a user's own videos and captions become a dataset the trainer reads.
+
+Media are made here with PyAV in several containers, codecs, sizes, rates and audio layouts; each
+second of a test video has its own colour and pitch, so a test can tell where a clip was cut.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from harmonia.cli import main
+from harmonia.data import ShardDataset, collate, load_summary, read_index
+from harmonia.data.import_inputs import expand_braces, shard_candidates, table_candidates
+from harmonia.data.importer import ImportOptions, import_dataset
+from harmonia.data.spec import MediaSpec
+from harmonia.data.transcode import MediaRefused, cut_clip
+from harmonia.errors import DataError
+from user_media import COLOURS, write_video
+
+SPEC = MediaSpec()  # the shipped models' clip: 8 frames of 32x32 at 4 fps, 8 kHz
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One file per container/codec family, plus a silent one and a broken one."""
+    root = tmp_path_factory.mktemp("media")
+    write_video(root / "h264.mp4", size=(320, 180))
+    write_video(
+        root / "vp9.webm",
+        container="webm",
+        codec="libvpx-vp9",
+        audio_codec="libopus",
+        rate=48000,
+        size=(256, 144),
+    )
+    write_video(
+        root / "hevc_vfr.mkv",
+        container="matroska",
+        codec="libx265",
+        audio_codec="flac",
+        rate=22050,
+        layout="mono",
+        size=(200, 300),
+        fps=30000 / 1001,
+        variable_rate=True,
+    )
+    write_video(root / "silent.mp4", audio_codec=None, size=(160, 160))
+    write_video(root / "mpeg4.avi", container="avi", codec="mpeg4", audio_codec="mp3", rate=16000)
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(300))
+    (root / "playlist.mp4").write_bytes(b"ffconcat version 1.0\nfile '/etc/hostname'\n")
+    return root
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def dominant_hz(audio: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size)))
+    return float(np.fft.rfftfreq(audio.size, 1 / rate)[spectrum.argmax()])
+
+
+def colour_of(frame: np.ndarray) -> int:
+    """Which of COLOURS a (compressed) frame shows."""
+    mean = frame.reshape(-1, 3).mean(0)
+    return int(np.abs(COLOURS.astype(float) - mean).sum(1).argmin())
+
+
+# ---------------------------------------------------------------------- cutting one clip
+@pytest.mark.parametrize("name", ["h264.mp4", "vp9.webm", "hevc_vfr.mkv", "mpeg4.avi"])
+def test_a_clip_is_cut_at_its_start_in_the_spec_shape(media: Path, name: str) -> None:
+    clip = cut_clip(media / name, SPEC, start=1.1)
+    assert clip.video.shape == (SPEC.frames, SPEC.height, SPEC.width, 3)
+    # frames at 1.1, 1.35, ..., 2.85 s: four of second 1, four of second 2 (off the boundaries,
+    # which the variable-rate file's jittered timestamps blur)
+    assert [colour_of(f) for f in clip.video] == [1] * 4 + [2] * 4
+    assert clip.audio is not None and clip.audio.shape == (SPEC.audio_samples,)
+    half = SPEC.audio_samples // 2  # the tone is 300 Hz in second 1 and 400 Hz in second 2
+    assert dominant_hz(clip.audio[200 : half - 200], SPEC.sample_rate) == pytest.approx(300, abs=8)
+    assert dominant_hz(clip.audio[half + 200 : -200], SPEC.sample_rate) == pytest.approx(400, abs=8)
+
+
+def test_crop_fills_the_frame_and_pad_keeps_all_of_it(media: Path) -> None:
+    tall = cut_clip(media / "hevc_vfr.mkv", SPEC, fit="crop").video[0]
+    assert tall.reshape(-1, 3).min(0).min() > 10  # no black bars
+    padded = cut_clip(media / "hevc_vfr.mkv", SPEC, fit="pad").video[0]  # 200x300 -> 21x32
+    assert padded[:, :4].max() == 0 and padded[:, -4:].max() == 0
+    assert padded[:, 14:18].min() > 10
+
+
+def test_a_span_past_the_end_holds_the_last_frame_and_a_file_without_sound_has_no_audio(
+    media: Path,
+) -> None:
+    clip = cut_clip(media / "silent.mp4", SPEC, start=3.0)  # the file is 4 s long
+    assert clip.audio is None
+    assert [colour_of(f) for f in clip.video] == [3] * SPEC.frames
+    with pytest.raises(MediaRefused, match="no video frame"):
+        cut_clip(media / "h264.mp4", SPEC, start=60.0)
+
+
+def test_what_is_not_a_video_is_refused_without_being_opened_as_something_else(
+    media: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(MediaRefused, match="not an mp4/mov, mkv/webm or avi"):
+        cut_clip(media / "playlist.mp4", SPEC)  # an ffconcat list: never probed, never followed
+    with pytest.raises(MediaRefused, match="not readable as mp4"):
+        cut_clip(media / "broken.mp4", SPEC)
+    with pytest.raises(MediaRefused, match="no video stream 1"):
+        cut_clip(media / "h264.mp4", SPEC, video_stream=1)
+
+
+# ---------------------------------------------------------------------- a folder + a table
+@pytest.fixture(scope="module")
+def imported(media: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("imported")
+    table = write_table(
+        root / "captions.csv",
+        [
+            {"path": "h264.mp4", "caption": "red then green", "start": "0", "channel": "a"},
+            {"path": "h264.mp4", "caption": "a second caption", "start": "0"},
+            {"path": "h264.mp4", "caption": "late", "start": "2", "end": "3.5", "key": "late"},
+            {"path": "vp9.webm", "captions": '["webm one", "webm two"]'},
+            {"path": "hevc_vfr.mkv", "caption": "hevc"},
+            {"path": "silent.mp4", "caption": "no sound here"},
+            {"path": "mpeg4.avi", "caption": "avi"},
+            {"path": "broken.mp4", "caption": "broken"},
+            {"path": "playlist.mp4", "caption": "a playlist"},
+            {"path": "../outside.mp4", "caption": "escape"},
+            {"path": "h264.mp4", "caption": "  ", "start": "1"},
+            {"path": "h264.mp4", "caption": "zero", "start": "2", "end": "2"},
+            {"path": "nothere.mp4", "caption": "missing"},
+            {"path": "h264.mp4", "caption": "same key, other span", "start": "1", "key": "late"},
+        ],
+    )
+    out = root / "dataset"
+    options = ImportOptions(val_fraction=0.0, test_fraction=0.0)
+    summary = import_dataset(
+        table_candidates(media, table), out, options, workers=2, progress=False
+    )
+    return out, summary
+
+
+def test_every_file_pytorch_can_decode_is_imported_and_the_rest_is_named(
+    imported: tuple[Path, dict[str, Any]],
+) -> None:
+    out, summary = imported
+    assert summary["samples"] == 6 and summary["labels"] is False
+    assert summary["splits"]["train"]["without_audio"] == 1
+    reasons = sorted(item["reason"].split(" (")[0] for item in summary["import"]["skipped_items"])
+    assert reasons == [
+        "duplicate key 'late' for another file or span",
+        "no non-empty caption",
+        "no such file",
+        "not an mp4/mov, mkv/webm or avi file",
+        "not readable as mp4",
+        "the path leaves the folder",
+        "zero-length or reversed span",
+    ]
+    assert load_summary(out)["checksum"] == summary["checksum"]
+    assert main(["data", "verify", str(out)]) == 0
+
+
+def test_imported_clips_decode_with_captions_metadata_and_masked_missing_audio(
+    imported: tuple[Path, dict[str, Any]],
+) -> None:
+    out, _ = imported
+    records = {r["id"]: r for r in read_index(out)}
+    first = records["h264_mp4"]
+    assert first["file"] == "h264.mp4" and first["metadata"] == {"channel": "a"}
+    assert records["late"]["span"] == [2.0, 3.5] and records["late"]["start"] == 1.75
+    assert "digit" not in first and "misaligned_text" not in first
+    dataset = ShardDataset(out, "train")
+    samples = {s["id"]: s for s in (dataset[i] for i in range(len(dataset)))}
+    assert samples["h264_mp4"]["text"] == ["red then green", "a second caption"]
+    assert samples["vp9_webm"]["text"] == ["webm one", "webm two"]
+    assert [colour_of(f.numpy()) for f in samples["h264_mp4"]["video"]] == [0] * 4 + [1] * 4
+    assert not samples["silent_mp4"]["audio"].any()
+    assert samples["h264_mp4"]["audio"].abs().max() > 0.1
+    batch = collate([samples["silent_mp4"], samples["h264_mp4"]])
+    assert batch["audio"].ne(0).any(dim=1).tolist() == [False, True]  # VATT's audio validity
+
+
+def test_the_same_input_gives_the_same_dataset_and_splits_are_stable(
+    media: Path, tmp_path: Path
+) -> None:
+    rows = [{"path": "h264.mp4", "caption": f"clip {s}", "start": str(s)} for s in range(3)]
+    rows += [{"path": "silent.mp4", "caption": "silent"}]
+    table = write_table(tmp_path / "captions.jsonl", rows)
+    options = ImportOptions(val_fraction=0.3, test_fraction=0.3, seed=5)
+    one = import_dataset(table_candidates(media, table), tmp_path / "a", options, progress=False)
+    two = import_dataset(table_candidates(media, table), tmp_path / "b", options, progress=False)
+    assert one["checksum"] == two["checksum"]
+    assert (tmp_path / "a" / "index.jsonl").read_bytes() == (
+        tmp_path / "b" / "index.jsonl"
+    ).read_bytes()
+    more = write_table(tmp_path / "more.jsonl", [*rows, {"path": "vp9.webm", "caption": "new"}])
+    three = import_dataset(table_candidates(media, more), tmp_path / "c", options, progress=False)
+    splits = {r["id"]: r["split"] for r in read_index(tmp_path / "a")}
+    grown = {r["id"]: r["split"] for r in read_index(tmp_path / "c")}
+    assert three["samples"] == one["samples"] + 1
+    assert all(grown[k] == v for k, v in splits.items())
+
+
+def test_a_failed_import_leaves_nothing_and_a_non_dataset_is_never_overwritten(
+    media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = write_table(tmp_path / "t.csv", [{"path": "h264.mp4", "caption": "x"}])
+    from harmonia.data import importer
+
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(importer, "write_shard", explode)
+    with pytest.raises(DataError, match=r"No space left on device.*nothing was written"):
+        import_dataset(table_candidates(media, table), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+    monkeypatch.undo()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not empty and not an AV-MNIST-T dataset"):
+        import_dataset(table_candidates(media, table), precious, overwrite=True, progress=False)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_a_symlink_out_of_the_folder_and_bad_tables_are_refused(
+    media: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.symlink(media / "h264.mp4", folder / "link.mp4")
+    table = write_table(tmp_path / "t.csv", [{"path": "link.mp4", "caption": "x"}])
+    (refusal,) = list(table_candidates(folder, table))
+    assert refusal.reason == "the path leaves the folder (refused, not followed)"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,caption\nh264.mp4,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        list(table_candidates(media, latin))
+    nopath = write_table(tmp_path / "nopath.csv", [{"file": "h264.mp4", "caption": "x"}])
+    with pytest.raises(DataError, match="no 'path' column"):
+        list(table_candidates(media, nopath))
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('[1, 2]\n{"path": "h264.mp4", "caption": 7}\n', encoding="utf-8")
+    assert [r.reason for r in table_candidates(media, jsonl)] == [
+        "not a JSON object",
+        "a caption is not a string (int)",
+    ]
+
+
+# ---------------------------------------------------------------------- video2dataset shards
+def write_v2d_shard(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_video2dataset_shards_are_imported_with_txt_and_json_captions(
+    media: Path, tmp_path: Path
+) -> None:
+    video = (media / "h264.mp4").read_bytes()
+    meta = {"caption": "from the json", "url": "https://example.org/v", "status": "success"}
+    write_v2d_shard(
+        tmp_path / "00000.tar",
+        {
+            "000000000.mp4": video,
+            "000000000.txt": b"from the txt",
+            "000000000.json": json.dumps(meta).encode(),
+            "000000001.mp4": (media / "silent.mp4").read_bytes(),
+            "000000001.txt": b"silent",
+            "000000002.txt": b"a caption without a video",
+        },
+    )
+    write_v2d_shard(tmp_path / "00001.tar", {"000000003.mp4": video, "000000003.txt": b"\xff\xfe"})
+    assert expand_braces(str(tmp_path / "{00000..00001}.tar")) == [
+        str(tmp_path / "00000.tar"),
+        str(tmp_path / "00001.tar"),
+    ]
+    pattern = [str(tmp_path / "{00000..00002}.tar")]
+    summary = import_dataset(
+        shard_candidates(pattern),
+        tmp_path / "out",
+        ImportOptions(val_fraction=0.0, test_fraction=0.0),
+        progress=False,
+    )
+    assert summary["samples"] == 2
+    assert sorted(i["reason"] for i in summary["import"]["skipped_items"]) == [
+        "captions are not UTF-8 text / valid JSON",
+        "no such shard",
+        "no video member",
+    ]
+    records = {r["id"]: r for r in read_index(tmp_path / "out")}
+    assert records["000000000"]["metadata"] == {"url": "https://example.org/v", "status": "success"}
+    assert records["000000001"]["has_audio"] is False
+    sample = ShardDataset(tmp_path / "out", "train")[0]
+    assert sample["text"] == ["from the txt", "from the json"]
+
+
+# ---------------------------------------------------------------------- the command, then training
+def test_import_then_train_on_the_imported_clips(
+    media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [
+        {"path": name, "caption": f"{name} second {s}", "start": str(s)}
+        for name in ("h264.mp4", "vp9.webm", "silent.mp4", "mpeg4.avi")
+        for s in range(3)
+    ]
+    table = write_table(tmp_path / "captions.csv", rows)
+    out = tmp_path / "data"
+    args = ["data", "import", str(media), "--captions", str(table), "--out", str(out)]
+    assert main([*args, "--workers", "1", "--quiet", "--val-fraction", "0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "imported: 12 clips" in printed and "without audio" in printed
+    assert main([*args, "--quiet"]) == 2  # exists: refused
+    assert "already exists" in capsys.readouterr().err
+    run = tmp_path / "run"
+    overrides = ["train.steps=3", "data.batch_size=4", "train.eval_every=0", "eval.batch_size=4"]
+    overrides += ["train.progress=false", "data.num_workers=0", "train.log_every=1"]
+    code = main(["train", "demo", "--data", str(out), "--out", str(run), *overrides])
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["skipped_samples"] == 0
+    assert torch.isfinite(torch.tensor(summary["final_metrics"]["loss/total"]))
+
+
+def test_the_command_needs_a_folder_with_a_table_or_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["data", "import", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "give FOLDER with --captions TABLE, or --shards" in capsys.readouterr().err
