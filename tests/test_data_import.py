@@ -14,15 +14,22 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 import torch
 
 from harmonia.cli import main
 from harmonia.data import ShardDataset, collate, load_summary, read_index
-from harmonia.data.import_inputs import expand_braces, shard_candidates, table_candidates
+from harmonia.data.import_inputs import (
+    expand_braces,
+    shard_candidates,
+    subtitle_candidates,
+    table_candidates,
+)
 from harmonia.data.importer import ImportOptions, import_dataset
 from harmonia.data.spec import MediaSpec
+from harmonia.data.subtitles import Segment, parse_cues
 from harmonia.data.transcode import MediaRefused, cut_clip
 from harmonia.errors import DataError
 from user_media import COLOURS, write_video
@@ -266,6 +273,100 @@ def test_a_symlink_out_of_the_folder_and_bad_tables_are_refused(
     ]
 
 
+# ---------------------------------------------------------------------- timed captions
+SRT = """1
+00:00:00,500 --> 00:00:01,500
+first <i>thing</i>
+
+2
+00:00:01,600 --> 00:00:02,900
+second thing
+
+3
+00:00:03,000 --> 00:00:03,000
+no duration
+"""
+VTT = """WEBVTT
+
+NOTE a comment that is not a cue
+
+intro
+00:00.200 --> 00:01.000 align:start position:10%
+hello {\\i1}there{\\i0}
+
+00:00:01.000 --> 00:00:02.500
+two
+lines
+"""
+
+
+def test_srt_and_webvtt_cues_are_read_without_markup() -> None:
+    assert parse_cues(SRT) == [
+        Segment(0.5, 1.5, "first thing"),
+        Segment(1.6, 2.9, "second thing"),
+        Segment(3.0, 3.0, "no duration"),
+    ]
+    assert parse_cues(VTT.replace("\\n", "\\r\\n")) == [
+        Segment(0.2, 1.0, "hello there"),
+        Segment(1.0, 2.5, "two lines"),
+    ]
+
+
+def embed_srt(video: Path, srt: Path, out: Path) -> Path:
+    """``video``'s frames with ``srt`` as a subtitle stream, in mkv (remuxed, not re-encoded)."""
+    with (
+        av.open(str(video)) as source,
+        av.open(str(srt), format="srt") as cues,
+        av.open(str(out), "w", format="matroska") as sink,
+    ):
+        frames, text = source.streams.video[0], cues.streams.subtitles[0]
+        pairs = [(frames, sink.add_stream_from_template(frames))]
+        pairs.append((text, sink.add_stream_from_template(text)))
+        for container, (stream, target) in zip((source, cues), pairs, strict=True):
+            for packet in container.demux(stream):
+                if packet.dts is None:
+                    continue
+                packet.stream = target
+                sink.mux(packet)
+    return out
+
+
+def test_every_timed_caption_becomes_a_clip_with_its_neighbours_as_candidates(
+    media: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "talks"
+    folder.mkdir()
+    (folder / "talk.mp4").write_bytes((media / "h264.mp4").read_bytes())
+    (folder / "talk.srt").write_text(SRT, encoding="utf-8")
+    (tmp_path / "cues.srt").write_text(SRT, encoding="utf-8")
+    embed_srt(media / "h264.mp4", tmp_path / "cues.srt", folder / "inside.mkv")
+    (folder / "plain.mp4").write_bytes((media / "silent.mp4").read_bytes())
+    found = list(subtitle_candidates(folder, neighbours=1))
+    refusals = sorted((r.source, r.reason.split(" (")[0]) for r in found if hasattr(r, "reason"))
+    assert refusals == [
+        ("inside.mkv#2", "zero-length or reversed span"),
+        ("plain.mp4", "no timed captions"),
+        ("talk.mp4#2", "zero-length or reversed span"),
+    ]
+    clips = {c.key: c for c in found if not hasattr(c, "reason")}
+    assert sorted(clips) == [
+        "inside_mkv_00000",
+        "inside_mkv_00001",
+        "talk_mp4_00000",
+        "talk_mp4_00001",
+    ]
+    assert clips["talk_mp4_00000"].captions == ("first thing", "second thing")
+    assert clips["talk_mp4_00001"].captions == ("second thing", "first thing", "no duration")
+    inside = clips["inside_mkv_00001"]
+    assert (inside.start, inside.end) == pytest.approx((1.6, 2.9))
+    assert clips["inside_mkv_00000"].metadata == {"segment": 0, "caption_source": "stream"}
+    summary = import_dataset(iter(found), tmp_path / "out", progress=False)
+    assert summary["samples"] == 4 and summary["import"]["skipped"] == 3
+    by_id = {r["id"]: r for r in read_index(tmp_path / "out")}
+    assert by_id["talk_mp4_00001"]["span"] == [1.6, 2.9]
+    assert by_id["talk_mp4_00001"]["start"] == pytest.approx(1.25)  # centred on the caption
+
+
 # ---------------------------------------------------------------------- video2dataset shards
 def write_v2d_shard(path: Path, members: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w") as tar:
@@ -348,4 +449,6 @@ def test_the_command_needs_a_folder_with_a_table_or_shards(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["data", "import", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "give FOLDER with --captions TABLE, or --shards" in capsys.readouterr().err
+    assert (
+        "give FOLDER with --captions TABLE or --subtitles, or --shards" in capsys.readouterr().err
+    )

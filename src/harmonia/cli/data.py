@@ -69,6 +69,18 @@ def register(subparsers: Any) -> None:
         "captions, optional start, end, key; other columns are kept as metadata",
     )
     imp.add_argument(
+        "--subtitles",
+        action="store_true",
+        help="one clip per timed caption of each video in FOLDER (a .srt/.vtt beside it, or "
+        "its subtitle stream), neighbouring captions as extra candidates",
+    )
+    imp.add_argument(
+        "--neighbours",
+        type=int,
+        default=1,
+        help="with --subtitles: neighbouring captions on each side added as candidates",
+    )
+    imp.add_argument(
         "--shards",
         nargs="+",
         default=None,
@@ -192,13 +204,22 @@ def add_import_options(parser: argparse.ArgumentParser) -> None:
 def run_import(args: argparse.Namespace) -> int:
     from harmonia.data import describe
     from harmonia.data.builder import default_workers
-    from harmonia.data.import_inputs import shard_candidates, table_candidates
+    from harmonia.data.import_inputs import (
+        shard_candidates,
+        subtitle_candidates,
+        table_candidates,
+    )
     from harmonia.data.importer import ImportOptions, import_dataset
 
-    if (args.folder is None) == (args.shards is None) or (args.folder is None) != (
-        args.captions is None
-    ):
-        raise ConfigError("give FOLDER with --captions TABLE, or --shards PATTERN...")
+    with_folder = args.captions is not None or args.subtitles
+    if (args.folder is None) == (args.shards is None) or (args.folder is not None) != with_folder:
+        raise ConfigError(
+            "give FOLDER with --captions TABLE or --subtitles, or --shards PATTERN..."
+        )
+    if args.captions is not None and args.subtitles:
+        raise ConfigError("--captions and --subtitles are two ways to caption FOLDER: pick one")
+    if args.neighbours < 0:
+        raise ConfigError(f"--neighbours must be >= 0, got {args.neighbours}")
     options = ImportOptions(
         media=clip_shape(args),
         fit=args.fit,
@@ -209,7 +230,10 @@ def run_import(args: argparse.Namespace) -> int:
         video_stream=args.video_stream,
         audio_stream=args.audio_stream,
     )
-    if args.folder is not None:
+    if args.subtitles:
+        inputs = subtitle_candidates(Path(args.folder), neighbours=args.neighbours)
+        describe_inputs = {"folder": args.folder, "subtitles": True, "neighbours": args.neighbours}
+    elif args.folder is not None:
         inputs = table_candidates(Path(args.folder), Path(args.captions))
         describe_inputs = {"folder": args.folder, "captions": args.captions}
     else:

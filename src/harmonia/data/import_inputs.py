@@ -1,17 +1,21 @@
 """What `harmonia data import` reads: clips to cut, each with its captions, from a user's data.
 
-Two kinds of input, each yielding `Candidate` clips (and `Refusal` records for what cannot be
+Three kinds of input, each yielding `Candidate` clips (and `Refusal` records for what cannot be
 one, with the reason):
 
 - a folder of media files plus a captions table (``.csv`` or ``.jsonl``): one row per clip,
   ``path`` relative to the folder, ``caption`` (one string) and/or ``captions`` (a list; in a
   CSV a JSON list), optional ``start`` / ``end`` seconds and ``key``; every other column is kept
   as the clip's metadata. Rows with the same key add their captions to one clip.
+- long narrated videos with timed captions (a sidecar ``name.srt`` / ``name.vtt`` beside
+  ``name.mp4``, or a subtitle stream inside the file): one clip per caption segment, with the
+  neighbouring segments' texts as its extra candidate captions (MIL-NCE's candidates);
 - WebDataset shards as video2dataset writes them: ``{key}.mp4`` with ``{key}.txt`` and/or
   ``{key}.json`` (its ``caption`` field) in local ``.tar`` files, given as paths or brace
   patterns (``shards/{00000..00009}.tar``).
 
-Nothing here decodes media; paths that leave the folder are refused, never followed.
+Nothing here decodes audio or video (subtitle streams only); paths that leave the folder are
+refused, never followed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harmonia.data.subtitles import embedded, read_sidecar, sidecar
+from harmonia.data.transcode import MediaRefused
 from harmonia.errors import DataError
 from harmonia.files import parse_json
 
@@ -185,6 +191,55 @@ def _key_for(path: str, start: float) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path).strip("_-") or "clip"
     suffix = f"_{start:.3f}s".replace(".", "_") if start else ""
     return (stem + suffix)[-200:].lstrip("_-") or "clip"
+
+
+# ---------------------------------------------------------------------- timed captions
+MEDIA_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+
+
+def subtitle_candidates(
+    folder: Path, *, neighbours: int = 1, stream: int = 0
+) -> Iterator[Candidate | Refusal]:
+    """One clip per caption segment of every video under ``folder`` (sorted by path)."""
+    root = folder.resolve()
+    if not root.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES):
+        name = path.relative_to(root).as_posix()
+        if not path.resolve().is_relative_to(root) or not path.is_file():
+            yield Refusal(name, "the path leaves the folder (refused, not followed)")
+            continue
+        try:
+            side = sidecar(path)
+            segments = read_sidecar(side) if side is not None else embedded(path, stream)
+        except MediaRefused as err:
+            yield Refusal(name, str(err))
+            continue
+        if not segments:
+            yield Refusal(name, "no timed captions (no .srt/.vtt beside it, no subtitle stream)")
+            continue
+        texts = [s.text for s in segments]
+        for number, segment in enumerate(segments):
+            where = f"{name}#{number}"
+            if not segment.end > segment.start:
+                yield Refusal(where, f"zero-length or reversed span ({segment.start:g} s)")
+                continue
+            near = texts[max(0, number - neighbours) : number + neighbours + 1]
+            found = [segment.text, *(t for t in near if t != segment.text)]
+            captions = clean_captions(found) if segment.text else Refusal("", "empty caption")
+            if isinstance(captions, Refusal):
+                yield Refusal(where, captions.reason)
+                continue
+            key = f"{_key_for(name, 0.0)}_{number:05d}"
+            yield Candidate(
+                key,
+                captions,
+                where,
+                path=path,
+                start=segment.start,
+                end=segment.end,
+                metadata={"segment": number, "caption_source": "sidecar" if side else "stream"},
+            )
 
 
 # ---------------------------------------------------------------------- WebDataset shards
