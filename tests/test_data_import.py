@@ -192,7 +192,8 @@ def test_imported_clips_decode_with_captions_metadata_and_masked_missing_audio(
     records = {r["id"]: r for r in read_index(out)}
     first = records["h264_mp4"]
     assert first["file"] == "h264.mp4" and first["metadata"] == {"channel": "a"}
-    assert records["late"]["span"] == [2.0, 3.5] and records["late"]["start"] == 1.75
+    assert records["late"]["caption_span"] == [2.0, 3.5]
+    assert (records["late"]["start"], records["late"]["end"]) == (1.75, 3.75)
     assert "digit" not in first and "misaligned_text" not in first
     dataset = ShardDataset(out, "train")
     samples = {s["id"]: s for s in (dataset[i] for i in range(len(dataset)))}
@@ -363,7 +364,7 @@ def test_every_timed_caption_becomes_a_clip_with_its_neighbours_as_candidates(
     summary = import_dataset(iter(found), tmp_path / "out", progress=False)
     assert summary["samples"] == 4 and summary["import"]["skipped"] == 3
     by_id = {r["id"]: r for r in read_index(tmp_path / "out")}
-    assert by_id["talk_mp4_00001"]["span"] == [1.6, 2.9]
+    assert by_id["talk_mp4_00001"]["caption_span"] == [1.6, 2.9]
     assert by_id["talk_mp4_00001"]["start"] == pytest.approx(1.25)  # centred on the caption
 
 

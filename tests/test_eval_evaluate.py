@@ -154,6 +154,9 @@ def test_untrained_vatt_report_is_complete_and_consistent(
     res = evaluate(model, tiny_dataset, "test", ledger=ledger, batch_size=8)
     n_test = len(load_labels(tiny_dataset, "test"))
     assert res["schema"] == "harmonia.eval/1" and res["n_samples"] == n_test
+    # every label is there: only the held-out losses, for want of a 32-clip block, are skipped
+    assert set(res["skipped_metrics"]) == {"losses/va", "losses/vt"}
+    assert all("than one block (32)" in r for r in res["skipped_metrics"].values())
     assert set(res["zero_shot"]) == {"digit", "motion"}
     assert set(res["linear_probe"]) == {"video/digit", "video/motion", "audio/digit"}
     for direction, by_kind in res["retrieval"].items():

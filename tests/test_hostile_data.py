@@ -14,7 +14,6 @@ import resource
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ import av
 import numpy as np
 import pytest
 
+from dataset_edits import replace_members, rewrite_index
 from harmonia.data import ShardDataset, StreamingDataset
-from harmonia.data.index import content_checksum, load_media_spec, read_index, write_index
+from harmonia.data.index import read_index
 from harmonia.data.media import CorruptMedia, decode_mp4
 from harmonia.data.shards import read_member, write_shard
 from harmonia.data.sources import read_idx
@@ -33,43 +33,6 @@ from harmonia.data.verify import verify_dataset
 from harmonia.errors import DataError
 from harmonia.training.data import split_captions
 from harmonia.training.lock import RunInUse, run_lock
-
-
-def _rewrite(dataset: Path, out: Path, edit: Callable[[list[dict[str, Any]]], None]) -> Path:
-    """A copy of ``dataset`` whose index records ``edit`` changed, checksum recomputed."""
-    shutil.copytree(dataset, out)
-    records = read_index(out)
-    edit(records)
-    return _rewrite_records(out, records)
-
-
-def _replace_member(dataset: Path, out: Path, sample_id: str, ext: str, data: bytes) -> Path:
-    """A copy of ``dataset`` with one member of one sample replaced (shards re-written)."""
-    shutil.copytree(dataset, out)
-    records = read_index(out)
-    target = next(r for r in records if r["id"] == sample_id)
-    shard = target["shard"]
-    same = [r for r in records if r["shard"] == shard]
-    samples = []
-    with (dataset / shard).open("rb") as fh:
-        for r in same:
-            members = {e: read_member(fh, m["offset"], m["size"]) for e, m in r["members"].items()}
-            if r["id"] == sample_id:
-                members[ext] = data
-            samples.append((r["id"], sorted(members.items())))
-    written = write_shard(out / shard, samples)
-    for r in same:
-        r["members"] = written[r["id"]]
-    return _rewrite_records(out, records)
-
-
-def _rewrite_records(out: Path, records: list[dict[str, Any]]) -> Path:
-    """Write ``records`` as ``out``'s index and recompute its checksum."""
-    write_index(out / "index.jsonl", records)
-    summary = json.loads((out / "summary.json").read_text())
-    summary["checksum"] = content_checksum(records, load_media_spec(out))
-    (out / "summary.json").write_text(json.dumps(summary))
-    return out
 
 
 def _first_train_id(dataset: Path) -> str:
@@ -86,7 +49,7 @@ def test_unparsable_json_members_are_skipped_by_both_loaders(
     sample = _first_train_id(tiny_dataset)
     value = "9" * 5000 if payload == "digits" else "[" * 100_000 + "]" * 100_000
     member = f'{{"captions": ["a clip"], "id": "{sample}", "n": {value}}}'.encode()
-    bad = _replace_member(tiny_dataset, tmp_path / "bad", sample, "json", member)
+    bad = replace_members(tiny_dataset, tmp_path / "bad", {sample: {"json": member}})
     assert verify_dataset(bad) == []
     mapped = ShardDataset(bad, "train")
     item = mapped[mapped.index_of(sample)]
@@ -206,7 +169,7 @@ def test_pipe_and_absolute_shard_names_are_never_run_or_followed(
             if r["shard"] == first:
                 r["shard"] = str((tiny_dataset / first).resolve())
 
-    outside = _rewrite(tiny_dataset, tmp_path / "abs", absolute)
+    outside = rewrite_index(tiny_dataset, tmp_path / "abs", absolute)
     sample = next(r["id"] for r in read_index(outside, "train") if r["shard"].startswith("/"))
     data = ShardDataset(outside, "train")
     assert "outside the dataset" in data[data.index_of(sample)]["skipped"]["reason"]
@@ -223,7 +186,7 @@ def test_a_fifo_or_device_as_shard_is_refused_without_hanging(
         records[1]["shard"] = "shards/zero.tar"
         records[1]["members"]["json"]["size"] = 8_000_000_000
 
-    fifo = _rewrite(tiny_dataset, tmp_path / "fifo", special)
+    fifo = rewrite_index(tiny_dataset, tmp_path / "fifo", special)
     os.mkfifo(fifo / "shards" / "fifo.tar")
     os.symlink("/dev/zero", fifo / "shards" / "zero.tar")
     data = ShardDataset(fifo, "train")
@@ -238,7 +201,7 @@ def test_member_ranges_beyond_the_shard_cost_nothing(tiny_dataset: Path, tmp_pat
         records[0]["members"]["json"]["size"] = 1 << 40
         records[1]["members"]["mp4"]["offset"] = 1 << 40
 
-    lying = _rewrite(tiny_dataset, tmp_path / "huge", huge)
+    lying = rewrite_index(tiny_dataset, tmp_path / "huge", huge)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     problems = verify_dataset(lying)
     assert sum("outside the shard" in p for p in problems) == 2
@@ -312,7 +275,7 @@ def test_duplicate_ids_in_the_index_are_refused(tiny_dataset: Path, tmp_path: Pa
     def duplicate(records: list[dict[str, Any]]) -> None:
         records.append(dict(records[0]))
 
-    twice = _rewrite(tiny_dataset, tmp_path / "twice", duplicate)
+    twice = rewrite_index(tiny_dataset, tmp_path / "twice", duplicate)
     with pytest.raises(DataError, match="appears twice"):
         ShardDataset(twice, "train")
 

@@ -29,25 +29,26 @@ from harmonia.audit.html import (
 )
 from harmonia.audit.media import data_uri, thumbnail_strip, wav_bytes
 from harmonia.audit.samples import MediaLookup, SampleMedia, dataset_media
-from harmonia.data.index import load_labels
+from harmonia.data.index import read_index
 from harmonia.errors import HarmoniaError
-from harmonia.evaluation.labels import NOISE_FLAGS, noise_flag
+from harmonia.evaluation.labels import CLASS_LABELS, NOISE_FLAGS, has_ground_truth, noise_flag
 from harmonia.evaluation.noise_detection import detection_metrics, precision_at
 from harmonia.evaluation.run_dir import RunDir
 from harmonia.files import parse_json, refuse_special, write_atomic
 from harmonia.harmonization.ledger import LedgerEntry
 from harmonia.training.layout import SUMMARY_FILE
 
-LABEL_FIELDS = (
-    "split",
-    "digit",
-    "motion",
-    "speaker",
-    "audio_digit",
-    "caption_digit",
-    "caption_motion",
-)
+LABEL_FIELDS = ("split", *CLASS_LABELS)
 """Index fields copied into the CSV when present."""
+META_FIELDS = ("source", "file", "start", "end")
+"""Where a clip came from (AV-MNIST-T's source; an imported video's file and the clip's span in
+seconds), when the index records it: shown beside the clip and copied into the CSV after the
+labels."""
+NO_TRUTH = (
+    "the dataset index has no misalignment flags ({flags}), so there is no ground truth to "
+    "score against (e.g. a dataset imported from your own videos)"
+).format(flags=", ".join(NOISE_FLAGS))
+"""Why the parts of the report that need ground-truth flags are left out."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,10 @@ def build_audit(
         dataset: Path | None = run.require_dataset(data_dir)
     else:  # the report is still useful without media, so a vanished dataset is not an error
         dataset = recorded if recorded is not None and recorded.is_dir() else None
-    index = load_labels(dataset) if dataset is not None else {}
+    index = {r["id"]: r for r in read_index(dataset)} if dataset is not None else {}
+    # whether the dataset records misalignment flags at all (a dataset imported from one's own
+    # videos has none): without them the ground-truth parts are left out, saying why
+    truth = dataset is None or any(noise_flag(r) is not None for r in index.values())
     html_path = Path(out) if out is not None else run.path / "audit.html"
     csv_path = html_path.with_name(html_path.stem + "_scores.csv")
     for path in (html_path, csv_path):
@@ -103,9 +107,13 @@ def build_audit(
         (
             "scores",
             "Noisiness scores",
-            _scores(ledger, index, csv_path.name, csv_text, _ledger_score(run)),
+            _scores(ledger, index, csv_path.name, csv_text, _ledger_score(run), truth),
         ),
-        ("suspects", f"Top-{len(suspects)} suspects", _suspects(suspects, index, found, dataset)),
+        (
+            "suspects",
+            f"Top-{len(suspects)} suspects",
+            _suspects(suspects, index, found, dataset, truth),
+        ),
     ]
     meta = f"run <code>{esc(run.path)}</code> &middot; generated {esc(time.strftime('%Y-%m-%d %H:%M'))}"
     write_atomic(html_path, page(f"harmonia audit: {run.path.name}", meta, sections))
@@ -155,6 +163,8 @@ def _overview(
         pairs.append(("dataset", "unknown (pass --data)"))
     elif index:
         pairs.append(("dataset", f"{dataset} ({len(index)} samples)"))
+        if not has_ground_truth(index.values()):
+            pairs.append(("ground truth", "none: the index has no labels or misalignment flags"))
     else:
         pairs.append(("dataset", f"{dataset} not found (pass --data)"))
     body = f"<div>{key_values(pairs)}{_learning(summary)}</div>"
@@ -203,7 +213,12 @@ def _eval_table(evaluation: Mapping[str, Any]) -> str:
     from harmonia.evaluation.table import headline_rows
 
     rows = [(esc(name), esc(value)) for name, value in headline_rows(evaluation)]
-    return table(["metric", "value"], rows, numeric=(1,)) if rows else ""
+    html = table(["metric", "value"], rows, numeric=(1,)) if rows else ""
+    skipped = evaluation.get("skipped_metrics")
+    if isinstance(skipped, dict) and skipped:
+        reasons = "; ".join(dict.fromkeys(str(r) for r in skipped.values()))
+        html += _missing(f"{len(skipped)} metrics skipped ({reasons}); see eval.json")
+    return html
 
 
 def _training(records: Sequence[dict[str, Any]]) -> str:
@@ -254,12 +269,15 @@ def _scores(
     csv_name: str,
     csv_text: str,
     score_kind: str = "gradient_norm",
+    truth: bool = True,
 ) -> str:
     if not ledger:
         return section("scores", "Noisiness scores", _missing("this run has no ledger.csv"))
     flags = [noise_flag(index[r.id]) if r.id in index else None for r in ledger]
     figure = _figure(plots.score_histogram_figure([r.score for r in ledger], flags), "scores")
-    table_html = ""
+    table_html = (
+        "" if truth else _missing(f"Precision at k and AUROC are not computed: {NO_TRUTH}.")
+    )
     known = [(r.score, f) for r, f in zip(ledger, flags, strict=True) if f is not None]
     if known:
         res = detection_metrics(
@@ -327,6 +345,7 @@ def _suspects(
     index: Mapping[str, Mapping[str, Any]],
     media: Mapping[str, SampleMedia],
     dataset: Path | None,
+    truth: bool = True,
 ) -> str:
     if not suspects:
         return section("suspects", "Suspected misaligned triplets", _missing("no scored samples"))
@@ -341,17 +360,22 @@ def _suspects(
                 frames = img(
                     thumbnail_strip(sample.frames), f"frames of {visible(row.id)}", "strip"
                 )
-            if sample.audio is not None:
+            if sample.audio is not None and not sample.audio.any():
+                audio = '<span class="small">no audio (silent clip)</span>'
+            elif sample.audio is not None:
                 audio = audio_player(wav_bytes(sample.audio, sample.sample_rate))
             if sample.captions:
                 items = "".join(f"<li>{esc(c)}</li>" for c in dict.fromkeys(sample.captions))
                 captions = f'<ul class="caps">{items}</ul>'
+        described = "<br>".join(
+            f"<span class='small'>{part}</span>" for part in (labels, _origin(record)) if part
+        )
         rows.append(
             [
                 str(rank),
-                f"<bdi><b>{esc(visible(row.id))}</b></bdi><br><span class='small'>{labels}</span>",
+                f"<bdi><b>{esc(visible(row.id))}</b></bdi><br>{described}",
                 f"{row.score:+.3f}<br><span class='small'>{row.conflicts}/{row.seen} conflicts</span>",
-                _truth_badge(record),
+                *([_truth_badge(record)] if truth else []),
                 frames,
                 audio,
                 captions,
@@ -363,8 +387,11 @@ def _suspects(
     )
     if dataset is None:
         note += " No dataset was found for this run, so media and ground truth are missing."
+    elif not truth:
+        note = f"Lowest ledger scores first. No ground-truth column: {NO_TRUTH}."
+    headers = ["#", "sample", "score", "ground truth", "frames", "audio", "captions"]
     body = table(
-        ["#", "sample", "score", "ground truth", "frames", "audio", "captions"],
+        [h for h in headers if truth or h != "ground truth"],
         rows,
         numeric=(0,),
         css_class="suspects",
@@ -377,6 +404,8 @@ def _describe(record: Mapping[str, Any] | None) -> str:
     caption 5 up'), with the parts that disagree with the video in red."""
     if not record:
         return "not in the dataset index"
+    if not any(record.get(k) is not None for k in CLASS_LABELS):
+        return ""  # an unlabelled clip (e.g. imported from one's own videos)
 
     def part(label: str, value: object, mismatch: bool) -> str:
         text = f"{esc(label)} {esc(value)}"
@@ -396,6 +425,30 @@ def _describe(record: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+def _origin(record: Mapping[str, Any] | None) -> str:
+    """HTML of where the clip came from ('source clips/a.mp4; 12.5-17.5 s'), when recorded."""
+    if not record:
+        return ""
+    parts = []
+    for key in ("source", "file"):
+        if record.get(key) is not None:
+            parts.append(f"{key} <bdi>{esc(visible(str(record[key])))}</bdi>")
+    span = [record.get(k) for k in ("start", "end")]
+    if any(v is not None for v in span):
+        start, end = (_seconds(v) for v in span)
+        parts.append(f"{esc(start)}&ndash;{esc(end)} s")
+    return "; ".join(parts)
+
+
+def _seconds(value: object) -> str:
+    """A time in seconds as the index gives it (numbers shortened, anything else as text)."""
+    if value is None:
+        return "?"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return visible(str(value))
+
+
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 """How a spreadsheet cell that it would run as a formula starts."""
 
@@ -409,12 +462,15 @@ def _inert(value: object) -> object:
 
 
 def _scores_csv(ledger: Sequence[LedgerEntry], index: Mapping[str, Mapping[str, Any]]) -> str:
-    """rank, ledger columns, then index labels and ground-truth flags when the index has them."""
+    """rank, ledger columns, then index labels, ground-truth flags and where each clip came
+    from (source, start, end) when the index has them."""
     label_cols = [k for k in LABEL_FIELDS if any(k in index.get(r.id, {}) for r in ledger)]
     flag_cols = [k for k in NOISE_FLAGS if any(k in index.get(r.id, {}) for r in ledger)]
+    meta_cols = [k for k in META_FIELDS if any(k in index.get(r.id, {}) for r in ledger)]
     header = ["rank", "id", "score", "conflicts", "seen", "last_step", *label_cols, *flag_cols]
     if flag_cols:
         header.append("misaligned")
+    header += meta_cols
     import io
 
     buf = io.StringIO()
@@ -435,5 +491,6 @@ def _scores_csv(ledger: Sequence[LedgerEntry], index: Mapping[str, Mapping[str, 
         if flag_cols:
             flag = noise_flag(rec)
             row.append("" if flag is None else int(flag))
+        row += [_inert(rec.get(k, "")) for k in meta_cols]
         writer.writerow(row)
     return buf.getvalue()

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Load RUN_DIR/model, encode a split of a dataset built by `harmonia data build` and "
             "report zero-shot accuracy, retrieval R@K / median rank (instance- and class-level), "
             "linear probes (fitted on the train split) and how well the run's ledger finds the "
-            "training set's misaligned samples. Writes RUN_DIR/eval.json unless --json is given."
+            "training set's misaligned samples. A metric whose labels the dataset lacks (e.g. "
+            "one imported from your own videos) is skipped and listed with the reason. Writes "
+            "RUN_DIR/eval.json unless --json is given."
         ),
     )
     parser.add_argument(

@@ -211,10 +211,11 @@ def _import_one(task: tuple[Candidate, ImportOptions]) -> _Imported | Refusal:
         "split": options.split_of(candidate.key),
         "file": candidate.source,
         "start": round(start, 3),
+        "end": round(start + spec.seconds, 3),
         "has_audio": has_audio,
     }
     if candidate.end is not None:
-        record["span"] = [candidate.start, candidate.end]
+        record["caption_span"] = [candidate.start, candidate.end]
     if candidate.metadata:
         record["metadata"] = candidate.metadata
     seconds = clip.duration if clip.duration is not None else spec.seconds

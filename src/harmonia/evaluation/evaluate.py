@@ -5,17 +5,25 @@ On the evaluation split (its misaligned samples, if any, are left out and counte
 - retrieval text->video, audio->video and video->audio at instance level (the sample's own
   caption / audio / clip is the only hit) and class level (any clip of the same class is a hit:
   digit and motion for captions, digit for audio, which does not carry the motion);
+- each space's training loss on held-out blocks of clips;
 - linear probes on frozen pooled features, fitted on the training split, scored on this split.
 On the training split, when a ledger is given: how well its conflict scores find the samples the
 index flags as misaligned, next to two baselines computed from the final model (pair cosine and
 an EL2N-style error norm of each matched pair within random blocks of about 32).
+
+A metric runs when what it needs is there: the labels it reads on every sample it is computed
+on, flags for noise detection, a training split for probes. Otherwise it is left out of its
+section and listed under ``skipped_metrics`` (metric path -> reason); a dataset without any
+labels (imported from one's own videos) gets instance-level retrieval and the losses only.
+Clips without audio (the model masks an all-zero waveform) are left out of audio retrieval and
+the video-audio loss.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,16 @@ from torch import Tensor, nn
 
 from harmonia.errors import DataError
 from harmonia.evaluation.features import SplitFeatures, encode_split
-from harmonia.evaluation.labels import AUDIO_FLAG, NOISE_FLAGS, TEXT_FLAG, noise_flag
+from harmonia.evaluation.labels import (
+    AUDIO_FLAG,
+    NO_LABELS,
+    NOISE_FLAGS,
+    TEXT_FLAG,
+    has_ground_truth,
+    label_of,
+    missing_label,
+    noise_flag,
+)
 from harmonia.evaluation.linear_probe import linear_probe
 from harmonia.evaluation.noise_detection import detection_metrics, error_norm
 from harmonia.evaluation.prompts import digit_prompts, motion_prompts
@@ -44,6 +61,42 @@ EL2N_BLOCK = 32
 EL2N_TEMPERATURE = DEFAULT_TEMPERATURE
 HELD_OUT_BLOCK = 32
 """Clips per block for the held-out losses (the demo's training batch: the same chance)."""
+BASELINES = ("pair_cos/audio", "pair_cos/text", "el2n/audio", "el2n/text")
+"""The final-model noise-detection scores (see `_noise_detection`)."""
+
+
+class GroundTruth:
+    """The index's labels, and the metrics skipped for want of them (metric path -> reason)."""
+
+    def __init__(self, labels: Labels) -> None:
+        self.labels = labels
+        self.labelled = has_ground_truth(labels.values())
+        self.skipped: dict[str, str] = {}
+
+    def skip(self, metric: str, reason: str) -> None:
+        """Record why ``metric`` did not run (the first reason given is kept)."""
+        self.skipped.setdefault(metric, reason)
+
+    def skip_unlabelled(self, metric: str, reason: str) -> None:
+        """`skip` for want of labels: a dataset without any says so rather than naming one."""
+        self.skip(metric, reason if self.labelled else NO_LABELS)
+
+    def no_flags(self, where: str) -> str:
+        """Why noise detection is skipped on samples none of which has a misalignment flag."""
+        if not self.labelled:
+            return NO_LABELS
+        return f"no misalignment flags ({', '.join(NOISE_FLAGS)}) on the samples of {where}"
+
+    def targets(
+        self, metric: str, ids: Sequence[str], key: str, fallback: str | None = None, *, where: str
+    ) -> list[Any] | None:
+        """The label of every sample in ``ids`` (`label_of`), or None with ``metric`` skipped."""
+        records = [self.labels[i] for i in ids]
+        reason = missing_label(records, key, fallback, where=where)
+        if reason is not None:
+            self.skip_unlabelled(metric, reason)
+            return None
+        return [label_of(r, key, fallback) for r in records]
 
 
 def evaluate(
@@ -74,6 +127,7 @@ def evaluate(
         raise DataError(f"{dataset_dir} has no split {split!r} (it has {', '.join(splits)})")
     roles = Roles.from_model_config(model.config)
     source = batches or _loader_batches(Path(dataset_dir), batch_size, num_workers)
+    ground = GroundTruth(labels)
     notes: list[str] = []
 
     encoded = encode_split(
@@ -84,9 +138,22 @@ def evaluate(
     feats = encoded.subset(clean)
     if excluded:
         notes.append(f"{excluded} misaligned samples of '{split}' left out (index flags)")
+    silent = int((~feats.has_audio()).sum())
+    if silent:
+        notes.append(
+            f"{silent} clips of '{split}' have no audio: left out of audio retrieval "
+            f"and the {roles.audio_space} loss"
+        )
 
     train: SplitFeatures | None = None
-    if train_split in splits and train_split != split:
+    no_train = ""
+    if train_split not in splits or train_split == split:
+        notes.append(f"no '{train_split}' split to fit linear probes on: probes skipped")
+        no_train = f"no '{train_split}' split to fit on"
+    elif not has_ground_truth(r for r in labels.values() if r.get("split") == train_split):
+        # nothing on the training split needs its features: do not encode it
+        no_train = NO_LABELS if not ground.labelled else f"no labels on '{train_split}'"
+    else:
         train = encode_split(
             model,
             source(train_split),
@@ -95,8 +162,6 @@ def evaluate(
             desc=train_split,
             progress=progress,
         )
-    else:
-        notes.append(f"no '{train_split}' split to fit linear probes on: probes skipped")
 
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -107,12 +172,13 @@ def evaluate(
         "n_excluded": excluded,
         "n_train": len(train) if train is not None else 0,
         "roles": dict(roles.__dict__),
-        "zero_shot": _zero_shot(model, feats, labels, roles),
-        "retrieval": _retrieval(feats, labels),
-        "losses": _held_out_losses(feats, roles, temperature),
-        "linear_probe": _probes(train, feats, labels, roles) if train is not None else {},
-        "noise_detection": _noise_detection(ledger, train, labels, notes),
+        "zero_shot": _zero_shot(model, feats, ground, roles, split),
+        "retrieval": _retrieval(feats, ground, split),
+        "losses": _held_out_losses(feats, roles, temperature, ground, HELD_OUT_BLOCK),
+        "linear_probe": _probes(train, feats, ground, roles, (train_split, split), no_train),
+        "noise_detection": _noise_detection(ledger, train, ground, notes, train_split, no_train),
         "skipped": [*encoded.skipped, *(train.skipped if train is not None else [])],
+        "skipped_metrics": ground.skipped,
         "notes": notes,
     }
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -129,34 +195,31 @@ def _loader_batches(dataset_dir: Path, batch_size: int, num_workers: int) -> Bat
     return source
 
 
-def _label(record: Mapping[str, Any], preferred: str, fallback: str) -> Any:
-    """A modality's own content label when the index records it, else the clip's label."""
-    value = record.get(preferred)
-    return record[fallback] if value is None else value
-
-
-def _zero_shot(model: Any, feats: SplitFeatures, labels: Labels, roles: Roles) -> dict[str, Any]:
+def _zero_shot(
+    model: Any, feats: SplitFeatures, ground: GroundTruth, roles: Roles, split: str
+) -> dict[str, Any]:
     def encode_text(prompts: list[str]) -> Tensor:
         return model.encode(roles.text, prompts, space=roles.text_space).float().cpu()
 
     out: dict[str, Any] = {}
     for task, prompts in (("digit", digit_prompts()), ("motion", motion_prompts())):
+        targets = ground.targets(f"zero_shot/{task}", feats.ids, task, where=f"'{split}'")
+        if targets is None:
+            continue
         classes, class_emb = embed_prompts(encode_text, prompts)
-        targets = [labels[i][task] for i in feats.ids]
         res = zero_shot_accuracy(feats.video_text, class_emb, classes, targets).to_dict()
         res["prompts_per_class"] = len(next(iter(prompts.values())))
         out[task] = res
     return out
 
 
-def _retrieval(feats: SplitFeatures, labels: Labels) -> dict[str, dict[str, Any]]:
-    recs = [labels[i] for i in feats.ids]
-    video_class = [(r["digit"], r["motion"]) for r in recs]
-    video_digit = [r["digit"] for r in recs]
-    audio_digit = [_label(r, "audio_digit", "digit") for r in recs]
+def _retrieval(feats: SplitFeatures, ground: GroundTruth, split: str) -> dict[str, Any]:
+    """Instance level always; class level where every clip has the labels it reads."""
+    where = f"'{split}'"
+    recs = [ground.labels[i] for i in feats.ids]
 
     # text -> video: every distinct caption of a clip is a query
-    rows, query_ids, query_class = [], [], []
+    rows, query_ids, query_rows = [], [], []
     for i, (caps, valid) in enumerate(zip(feats.captions, feats.text_valid, strict=True)):
         seen: set[str] = set()
         for k, text in enumerate(caps):
@@ -164,55 +227,88 @@ def _retrieval(feats: SplitFeatures, labels: Labels) -> dict[str, dict[str, Any]
                 seen.add(text)
                 rows.append(feats.text[i, k])
                 query_ids.append(feats.ids[i])
-                r = recs[i]
-                query_class.append(
-                    (_label(r, "caption_digit", "digit"), _label(r, "caption_motion", "motion"))
-                )
+                query_rows.append(i)
     out: dict[str, dict[str, Any]] = {}
     if rows:
         sim = (torch.stack(rows) @ feats.video_text.T).double().numpy()
-        out["text->video"] = {
+        entry = {
             "instance": retrieval_metrics(
                 sim, instance_relevance(query_ids, feats.ids), relevance="instance"
-            ).to_dict(),
-            "class": retrieval_metrics(
-                sim, class_relevance(query_class, video_class), relevance="class:digit+motion"
-            ).to_dict(),
+            ).to_dict()
         }
-    sim_av = (feats.audio @ feats.video_audio.T).double().numpy()
-    for direction, sim, q_cls, g_cls in (
-        ("audio->video", sim_av, audio_digit, video_digit),
-        ("video->audio", sim_av.T, video_digit, audio_digit),
+        metric = "retrieval/text->video/class"
+        digit = ground.targets(metric, feats.ids, "digit", where=where)
+        motion = ground.targets(metric, feats.ids, "motion", where=where)
+        if digit is not None and motion is not None:
+            query_class = [
+                (
+                    label_of(recs[i], "caption_digit", "digit"),
+                    label_of(recs[i], "caption_motion", "motion"),
+                )
+                for i in query_rows
+            ]
+            video_class = list(zip(digit, motion, strict=True))
+            entry["class"] = retrieval_metrics(
+                sim, class_relevance(query_class, video_class), relevance="class:digit+motion"
+            ).to_dict()
+        out["text->video"] = entry
+    else:
+        ground.skip("retrieval/text->video", f"no captions on the samples of {where}")
+
+    audible = feats.has_audio().nonzero().flatten().tolist()
+    if not audible:
+        for direction in ("audio->video", "video->audio"):
+            ground.skip(f"retrieval/{direction}", f"no clip of {where} has audio")
+        return out
+    audio_ids = [feats.ids[i] for i in audible]
+    sim_av = (feats.audio[audible] @ feats.video_audio.T).double().numpy()
+    for direction, sim, q_ids, g_ids, audio_is_query in (
+        ("audio->video", sim_av, audio_ids, feats.ids, True),
+        ("video->audio", sim_av.T, feats.ids, audio_ids, False),
     ):
         out[direction] = {
             "instance": retrieval_metrics(
-                sim, instance_relevance(feats.ids, feats.ids), relevance="instance"
-            ).to_dict(),
-            "class": retrieval_metrics(
-                sim, class_relevance(q_cls, g_cls), relevance="class:digit"
-            ).to_dict(),
+                sim, instance_relevance(q_ids, g_ids), relevance="instance"
+            ).to_dict()
         }
+        video_digit = ground.targets(
+            f"retrieval/{direction}/class", feats.ids, "digit", where=where
+        )
+        if video_digit is not None:
+            audio_digit = [label_of(recs[i], "audio_digit", "digit") for i in audible]
+            q_cls, g_cls = (
+                (audio_digit, video_digit) if audio_is_query else (video_digit, audio_digit)
+            )
+            out[direction]["class"] = retrieval_metrics(
+                sim, class_relevance(q_cls, g_cls), relevance="class:digit"
+            ).to_dict()
     return out
 
 
 def _probes(
-    train: SplitFeatures, feats: SplitFeatures, labels: Labels, roles: Roles
+    train: SplitFeatures | None,
+    feats: SplitFeatures,
+    ground: GroundTruth,
+    roles: Roles,
+    splits: tuple[str, str],
+    no_train: str,
 ) -> dict[str, Any]:
-    def targets(ids: Sequence[str], key: str, fallback: str) -> list[Hashable]:
-        return [_label(labels[i], key, fallback) for i in ids]
-
+    """Each probe whose label every sample of both splits has (``splits``: train, eval)."""
     out: dict[str, Any] = {}
     for modality, task, key in (
         (roles.video, "digit", "digit"),
         (roles.video, "motion", "motion"),
         (roles.audio, "digit", "audio_digit"),
     ):
-        res = linear_probe(
-            train.pooled[modality],
-            targets(train.ids, key, task),
-            feats.pooled[modality],
-            targets(feats.ids, key, task),
-        )
+        metric = f"linear_probe/{modality}/{task}"
+        if train is None:
+            ground.skip(metric, no_train)
+            continue
+        fitted = ground.targets(metric, train.ids, key, task, where=f"'{splits[0]}'")
+        scored = ground.targets(metric, feats.ids, key, task, where=f"'{splits[1]}'")
+        if fitted is None or scored is None:
+            continue
+        res = linear_probe(train.pooled[modality], fitted, feats.pooled[modality], scored)
         out[f"{modality}/{task}"] = res.to_dict()
     return out
 
@@ -220,8 +316,10 @@ def _probes(
 def _noise_detection(
     ledger: Sequence[LedgerEntry] | None,
     train: SplitFeatures | None,
-    labels: Labels,
+    ground: GroundTruth,
     notes: list[str],
+    train_split: str,
+    no_train: str,
 ) -> dict[str, Any]:
     """Each available score against the flags it can see.
 
@@ -229,19 +327,36 @@ def _noise_detection(
     audio-only flags; the final-model baselines of a pair (video-audio, video-text) only against
     the flag of that pair's partner.
     """
+    labels = ground.labels
     text_flag: tuple[str, ...] = (TEXT_FLAG,)
     audio_flag: tuple[str, ...] = (AUDIO_FLAG,)
     # name -> (ids, values, higher_is_noisier, {target: flags scored against})
     scores: dict[str, tuple[list[str], np.ndarray, bool, dict[str, tuple[str, ...]]]] = {}
-    if ledger:
+    if not ledger:
+        ground.skip("noise_detection/ledger", "no ledger (the run has no ledger.csv)")
+    else:
+        indexed = any(r.id in labels for r in ledger)
         known = [r for r in ledger if r.id in labels and noise_flag(labels[r.id]) is not None]
         if known:
             targets = {"any": NOISE_FLAGS, "text": text_flag, "audio": audio_flag}
             values = np.array([r.score for r in known])
             scores["ledger"] = ([r.id for r in known], values, False, targets)
+        elif indexed:
+            ground.skip("noise_detection/ledger", ground.no_flags("the ledger"))
         else:
             notes.append("ledger ids not found in this dataset's index: no ledger noise detection")
-    if train is not None and any(noise_flag(labels[i]) for i in train.ids):
+            ground.skip("noise_detection/ledger", "no ledger id is in the dataset's index")
+    baseline_reason = no_train
+    if train is not None:
+        where = f"'{train_split}'"
+        if not any(noise_flag(labels[i]) is not None for i in train.ids):
+            baseline_reason = ground.no_flags(where)
+        elif not any(noise_flag(labels[i]) for i in train.ids):
+            baseline_reason = f"no sample of {where} is flagged misaligned"
+    if train is None or baseline_reason:
+        for name in BASELINES:
+            ground.skip(f"noise_detection/{name}", baseline_reason)
+    else:
         text_mean = _mean_caption(train.text, train.text_valid)
         pair_va = (train.video_audio * train.audio).sum(-1).double().numpy()
         pair_vt = (train.video_text * text_mean).sum(-1).double().numpy()
@@ -272,32 +387,45 @@ def _noise_detection(
 
 
 def _held_out_losses(
-    feats: SplitFeatures, roles: Roles, temperature: float, block: int = HELD_OUT_BLOCK
+    feats: SplitFeatures,
+    roles: Roles,
+    temperature: float,
+    ground: GroundTruth,
+    block: int = HELD_OUT_BLOCK,
 ) -> dict[str, Any]:
     """Each space's training loss on the split, in random blocks of ``block`` clips.
 
     NCE (video-audio) and MIL-NCE (video-text) as in training, mean per clip; ``chance`` is
-    ln(block), the loss of a model that cannot tell the block's clips apart. A remainder smaller
-    than a block is left out so that every block has the same chance level.
+    ln(block), the loss of a model that cannot tell the block's clips apart. Only clips that
+    have the partner (audio; at least one caption) are blocked, and a remainder smaller than a
+    block is left out, so that every block has the same chance level.
     """
-    n = len(feats)
-    if n < block:
-        return {}
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    va: list[Tensor] = []
-    vt: list[Tensor] = []
-    for start in range(0, n - block + 1, block):
-        rows = order[start : start + block]
+
+    def audio_loss(rows: Tensor) -> Tensor:
         a = feats.video_audio[rows].double()
-        va.append(nce(a, feats.audio[rows].double(), temperature, reduction="none"))
+        return nce(a, feats.audio[rows].double(), temperature, reduction="none")
+
+    def text_loss(rows: Tensor) -> Tensor:
         v, t = feats.video_text[rows].double(), feats.text[rows].double()
-        valid = feats.text_valid[rows]
-        vt.append(milnce(v, t, temperature, valid=valid, reduction="none"))
-    chance = math.log(block)
-    return {
-        space: {"loss": float(torch.cat(parts).mean()), "chance": chance, "block": block}
-        for space, parts in ((roles.audio_space, va), (roles.text_space, vt))
-    }
+        return milnce(v, t, temperature, valid=feats.text_valid[rows], reduction="none")
+
+    out: dict[str, Any] = {}
+    for space, present, loss in (
+        (roles.audio_space, feats.has_audio(), audio_loss),
+        (roles.text_space, feats.text_valid.any(dim=1), text_loss),
+    ):
+        candidates = present.nonzero().flatten()
+        n = len(candidates)
+        if n < block:
+            ground.skip(
+                f"losses/{space}", f"fewer clips with both modalities than one block ({block})"
+            )
+            continue
+        order = candidates[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+        parts = [loss(order[start : start + block]) for start in range(0, n - block + 1, block)]
+        chance = math.log(block)
+        out[space] = {"loss": float(torch.cat(parts).mean()), "chance": chance, "block": block}
+    return out
 
 
 def _mean_caption(text: Tensor, valid: Tensor) -> Tensor:

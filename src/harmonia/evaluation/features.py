@@ -32,10 +32,19 @@ class SplitFeatures:
     text_valid: Tensor
     """[N, K] bool: which caption slots hold a real caption."""
     captions: list[list[str]]
+    audio_valid: Tensor | None = None
+    """[N] bool: which clips have audio (False for a silent clip, which the model masks);
+    None means every clip has."""
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def has_audio(self) -> Tensor:
+        """[N] bool: the clips whose audio the model did not mask as missing."""
+        if self.audio_valid is None:
+            return torch.ones(len(self.ids), dtype=torch.bool)
+        return self.audio_valid
 
     def subset(self, keep: Iterable[int]) -> SplitFeatures:
         """The rows `keep` (in that order)."""
@@ -50,6 +59,7 @@ class SplitFeatures:
             text=self.text[index],
             text_valid=self.text_valid[index],
             captions=[self.captions[i] for i in rows],
+            audio_valid=None if self.audio_valid is None else self.audio_valid[index],
             skipped=self.skipped,
         )
 
@@ -70,7 +80,7 @@ def encode_split(
     ids: list[str] = []
     captions: list[list[str]] = []
     skipped: list[dict[str, Any]] = []
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("fv", "fa", "va", "a", "vt", "t", "tv")}
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("fv", "fa", "va", "a", "vt", "t", "tv", "av")}
     bar = tqdm(desc=desc, unit="clip", disable=not progress, leave=False)
     try:
         for batch in batches:
@@ -85,6 +95,7 @@ def encode_split(
             emb = out.embeddings
             text = emb[roles.text_space][roles.text]
             valid = out.valid.get(roles.text, torch.ones(text.shape[:2], dtype=torch.bool))
+            audio_valid = out.valid.get(roles.audio, torch.ones(text.shape[0], dtype=torch.bool))
             new = {
                 "fv": out.features[roles.video],
                 "fa": out.features[roles.audio],
@@ -93,6 +104,7 @@ def encode_split(
                 "vt": emb[roles.text_space][roles.video],
                 "t": text,
                 "tv": valid,
+                "av": audio_valid,
             }
             for key, value in new.items():
                 parts[key].append(value[:take].detach().float().cpu())
@@ -119,6 +131,7 @@ def encode_split(
         text=cat["t"],
         text_valid=cat["tv"].bool(),
         captions=captions,
+        audio_valid=cat["av"].bool(),
         skipped=skipped,
     )
 

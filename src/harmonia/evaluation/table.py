@@ -136,5 +136,21 @@ def format_table(result: Mapping[str, Any]) -> str:
             if isinstance(r, Mapping)
         ],
     )
+    lines += _skipped_block(result.get("skipped_metrics"))
     lines += [f"note: {note}" for note in result.get("notes", [])]
     return "\n".join(lines)
+
+
+def _skipped_block(skipped: Any) -> list[str]:
+    """The metrics that did not run, grouped by reason, then by section ('zero_shot: digit')."""
+    if not isinstance(skipped, Mapping) or not skipped:
+        return []
+    by_reason: dict[str, dict[str, list[str]]] = {}
+    for metric, reason in skipped.items():
+        section, _, name = str(metric).partition("/")
+        by_reason.setdefault(str(reason), {}).setdefault(section, []).append(name or "all")
+    lines = ["", "skipped metrics (not computed)"]
+    for reason, sections in by_reason.items():
+        lines.append(f"  {reason}:")
+        lines += [f"    {section}: {', '.join(names)}" for section, names in sections.items()]
+    return lines
