@@ -445,6 +445,28 @@ def test_import_then_train_on_the_imported_clips(
     assert summary["status"] == "finished" and summary["skipped_samples"] == 0
     assert torch.isfinite(torch.tensor(summary["final_metrics"]["loss/total"]))
 
+    # evaluate and audit without labels, then drop the most suspected quarter and train again
+    assert main(["eval", str(run), "--split", "val"]) == 0
+    evaluated = json.loads((run / "eval.json").read_text())
+    assert "zero_shot/digit" in evaluated["skipped_metrics"]
+    assert main(["audit", str(run)]) == 0
+    page = (run / "audit.html").read_text()
+    assert "file <bdi>h264.mp4</bdi>" in page or "file <bdi>vp9.webm</bdi>" in page
+    clean = tmp_path / "clean"
+    assert main(["data", "filter", str(run), "--out", str(clean), "--drop-fraction", "0.25"]) == 0
+    train_ids = {r["id"] for r in read_index(out, "train")}
+    kept = {r["id"] for r in read_index(clean, "train")}
+    with (clean / "dropped.csv").open(newline="") as fh:
+        dropped = [row["id"] for row in csv.DictReader(fh)]
+    assert len(dropped) == round(0.25 * len(train_ids)) > 0
+    assert kept == train_ids - set(dropped)
+    ledger = [line.split(",")[0] for line in (run / "ledger.csv").read_text().splitlines()[1:]]
+    assert dropped == [i for i in ledger if i in train_ids][: len(dropped)]  # most suspected
+    assert {r["id"] for r in read_index(clean, "val")} == {r["id"] for r in read_index(out, "val")}
+    assert main(["data", "verify", str(clean)]) == 0
+    again = tmp_path / "again"
+    assert main(["train", "demo", "--data", str(clean), "--out", str(again), *overrides]) == 0
+
 
 def test_the_command_needs_a_folder_with_a_table_or_shards(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -453,3 +475,12 @@ def test_the_command_needs_a_folder_with_a_table_or_shards(
     assert (
         "give FOLDER with --captions TABLE or --subtitles, or --shards" in capsys.readouterr().err
     )
+
+
+def test_filter_needs_one_rule_and_a_ledger_that_knows_the_data(tmp_path: Path) -> None:
+    from harmonia.data.filtering import FilterRule
+
+    with pytest.raises(DataError, match="exactly one of"):
+        FilterRule(top=3, below=0.0).validate()
+    with pytest.raises(DataError, match="must be in"):
+        FilterRule(fraction=1.5).validate()

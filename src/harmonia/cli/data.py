@@ -93,6 +93,37 @@ def register(subparsers: Any) -> None:
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=run_import)
 
+    keep = sub.add_parser(
+        "filter",
+        help="copy a run's dataset without the training clips its ledger suspects most",
+        description="The clean-your-data loop: write the dataset RUN trained on again, without "
+        "the most suspected training clips of RUN/ledger.csv, with a manifest of what was dropped "
+        "(dropped.csv); then train on the copy.",
+    )
+    keep.add_argument("run_dir", help="a finished training run (its ledger.csv)")
+    keep.add_argument("--out", required=True, help="output dataset directory")
+    keep.add_argument("--data", default=None, help="the dataset (default: the run's data.dir)")
+    rule = keep.add_mutually_exclusive_group(required=True)
+    rule.add_argument(
+        "--drop-top", type=int, default=None, metavar="K", help="drop the K most suspected"
+    )
+    rule.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="drop the most suspected F of the split",
+    )
+    rule.add_argument(
+        "--below",
+        type=float,
+        default=None,
+        metavar="SCORE",
+        help="drop clips whose ledger score is below SCORE",
+    )
+    keep.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    keep.set_defaults(func=run_filter)
+
     info = sub.add_parser("info", help="print a built dataset's summary")
     info.add_argument("dir", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print summary.json as is")
@@ -334,6 +365,26 @@ def run_info(args: argparse.Namespace) -> int:
 
     summary = load_summary(args.dir)
     print(json.dumps(summary, indent=2) if args.json else describe(summary))
+    return 0
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    from harmonia.data import describe
+    from harmonia.data.filtering import FilterRule, filter_dataset
+    from harmonia.evaluation.run_dir import RunDir
+
+    run = RunDir(args.run_dir)
+    if not run.ledger_path.is_file():
+        raise ConfigError(f"{run.ledger_path} not found: the run has no ledger to filter with")
+    summary = filter_dataset(
+        run.require_dataset(args.data),
+        run.ledger_path,
+        args.out,
+        FilterRule(top=args.drop_top, fraction=args.drop_fraction, below=args.below),
+        overwrite=args.overwrite,
+    )
+    print(describe(summary))
+    print(f"written to {args.out} (dropped clips listed in {Path(args.out) / 'dropped.csv'})")
     return 0
 
 

@@ -23,6 +23,8 @@ def describe(summary: dict[str, Any]) -> str:
 def _describe(summary: dict[str, Any]) -> str:
     if "import" in summary:
         return _describe_import(summary)
+    if "filter" in summary:
+        return _describe_filtered(summary)
     media = summary["media"]
     build = summary.get("build", {})
     source = build.get("source", {})
@@ -78,5 +80,20 @@ def _describe_import(summary: dict[str, Any]) -> str:
         lines.append(f"    {count:>6} x {reason}")
     for item in info["skipped_items"][:10]:
         lines.append(f"    e.g. {item['source']}: {item['reason']}")
+    lines.append(f"  checksum {summary['checksum']}")
+    return "\n".join(lines)
+
+
+def _describe_filtered(summary: dict[str, Any]) -> str:
+    """A copy written by `harmonia data filter`: what it came from and what it left out."""
+    info = summary["filter"]
+    lines = [
+        f"filtered copy: {summary['samples']} clips, {summary['bytes'] / 1e6:.1f} MB, of "
+        f"{info['source']}: {info['dropped']} of split {info['split']!r} dropped ({info['rule']}; "
+        f"ledger {info['ledger']}; listed in {info['manifest']})",
+        _media_line(summary["media"]),
+    ]
+    for name, split in summary["splits"].items():
+        lines.append(f"  {name:<5} {split['samples']:>6} clips in {len(split['shards'])} shards")
     lines.append(f"  checksum {summary['checksum']}")
     return "\n".join(lines)
