@@ -61,6 +61,16 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fps=30000 / 1001,
         variable_rate=True,
     )
+    write_video(
+        root / "hevc10_60fps.mkv",
+        container="matroska",
+        codec="libx265",
+        pix_fmt="yuv420p10le",
+        rate=48000,
+        fps=60,
+        size=(256, 144),
+    )
+    write_video(root / "av1.mp4", codec="libsvtav1", size=(256, 144), fps=24)
     write_video(root / "silent.mp4", audio_codec=None, size=(160, 160))
     write_video(root / "mpeg4.avi", container="avi", codec="mpeg4", audio_codec="mp3", rate=16000)
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(300))
@@ -92,7 +102,9 @@ def colour_of(frame: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------------- cutting one clip
-@pytest.mark.parametrize("name", ["h264.mp4", "vp9.webm", "hevc_vfr.mkv", "mpeg4.avi"])
+@pytest.mark.parametrize(
+    "name", ["h264.mp4", "vp9.webm", "hevc_vfr.mkv", "hevc10_60fps.mkv", "av1.mp4", "mpeg4.avi"]
+)
 def test_a_clip_is_cut_at_its_start_in_the_spec_shape(media: Path, name: str) -> None:
     clip = cut_clip(media / name, SPEC, start=1.1)
     assert clip.video.shape == (SPEC.frames, SPEC.height, SPEC.width, 3)

@@ -31,13 +31,14 @@ def write_video(
     rate: int = 44100,
     layout: str = "stereo",
     variable_rate: bool = False,
+    pix_fmt: str = "yuv420p",
 ) -> Path:
     """A test video: ``size`` (width, height), ``fps`` (jittered timestamps if variable_rate)."""
     width, height = size
     with av.open(str(path), "w", format=container) as out:
         video = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         video.width, video.height = width, height
-        video.pix_fmt = "yuv420p"
+        video.pix_fmt = pix_fmt
         video.time_base = Fraction(1, 1000)
         audio = None
         if audio_codec is not None:
@@ -51,7 +52,7 @@ def write_video(
                 t += float(rng.uniform(-0.3, 0.3)) / fps
             rgb = np.empty((height, width, 3), dtype=np.uint8)
             rgb[:] = COLOURS[int(t) % len(COLOURS)]
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
             frame.pts = round(t * 1000)
             frame.time_base = Fraction(1, 1000)
             out.mux(video.encode(frame))
