@@ -60,7 +60,10 @@ def register(subparsers: Any) -> None:
         "write them as a dataset `harmonia train --data` reads (docs/your-data.md).",
     )
     imp.add_argument(
-        "folder", nargs="?", default=None, help="folder of media files (with --captions)"
+        "folder",
+        nargs="?",
+        default=None,
+        help="folder of media files (with --captions or --subtitles)",
     )
     imp.add_argument(
         "--captions",
