@@ -54,6 +54,10 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             s for name in splits for s in split_shards(root, name, records, summary)
         ]
         self.num_samples = sum(int(summary["splits"][name]["samples"]) for name in splits)
+        self.shard_samples: dict[str, int] = {name: 0 for name in self.shards}
+        """Samples per shard, from the index (what each rank and worker will read)."""
+        for record in records:
+            self.shard_samples[record["shard"]] = self.shard_samples.get(record["shard"], 0) + 1
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.buffer = buffer
@@ -63,11 +67,17 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def epoch_shards(self, epoch: int) -> list[str]:
+        """The shard order of ``epoch`` (before the split between ranks and workers)."""
         urls = list(self.shards)  # names inside the root, opened as plain files (_read_shards)
+        if self.shuffle:
+            random.Random(self.seed + epoch).shuffle(urls)
+        return urls
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         stages: list[Any] = [
-            wds.SimpleShardList(urls, seed=self.seed + self.epoch if self.shuffle else None),
+            wds.SimpleShardList(self.epoch_shards(self.epoch), seed=None),
             wds.split_by_node,
             wds.split_by_worker,
             self._read_shards,

@@ -120,7 +120,7 @@ class LoaderFailure(DataError):
     """The data loader stopped: a worker raised or died. The workers are shut down."""
 
 
-def _loader_failure(err: Exception) -> str:
+def loader_failure_message(err: Exception) -> str:
     """One line for a loader error: torch wraps a worker's exception as "Caught X in
     DataLoader worker process N." + the original traceback, whose last line is the cause."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -138,7 +138,7 @@ def _loader_failure(err: Exception) -> str:
     return f"data loading failed: {type(err).__name__}: {first_line(err)}"
 
 
-def _dead_workers_reported_at_next_batch() -> None:
+def dead_workers_reported_at_next_batch() -> None:
     """Keep torch from installing its SIGCHLD handler in this process.
 
     That handler raises "worker killed" wherever the main process happens to be, e.g. halfway
@@ -150,7 +150,7 @@ def _dead_workers_reported_at_next_batch() -> None:
     signal_handling._SIGCHLD_handler_set = True
 
 
-def _stop_workers(iterator: Iterator[Any] | None) -> None:
+def stop_workers(iterator: Iterator[Any] | None) -> None:
     """Shut a DataLoader iterator's workers down now (they ignore SIGTERM; see signals.py).
 
     Left to garbage collection, an iterator still referenced by an exception's traceback keeps
@@ -212,7 +212,7 @@ class BatchStream:
         """Seconds spent waiting for batches since the last `take_wait`."""
         self._iterator: Iterator[Any] | None = None
         if num_workers:
-            _dead_workers_reported_at_next_batch()
+            dead_workers_reported_at_next_batch()
 
     def _loader(self) -> DataLoader:
         # only the workers' base seed comes from this generator; samples are seeded per index
@@ -247,7 +247,7 @@ class BatchStream:
                 continue
             except Exception as err:
                 self.close()
-                raise LoaderFailure(_loader_failure(err)) from None
+                raise LoaderFailure(loader_failure_message(err)) from None
             self.consumed += 1
             self.wait += time.perf_counter() - started
             return batch
@@ -275,4 +275,4 @@ class BatchStream:
     def close(self) -> None:
         """Shut down worker processes."""
         iterator, self._iterator = self._iterator, None
-        _stop_workers(iterator)
+        stop_workers(iterator)

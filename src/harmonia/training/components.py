@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harmonia.data.streaming import StreamingDataset
 from harmonia.errors import ConfigError
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
@@ -43,6 +44,7 @@ from harmonia.training.guard import BadStepGuard
 from harmonia.training.partition import RankEpochSampler
 from harmonia.training.resume import check_saved_model
 from harmonia.training.schedule import WarmupCosine
+from harmonia.training.stream import StreamBatches
 
 RANK_SEED_STRIDE = 1_000_003
 """Rank r > 0 seeds its generator with ``seed + r * RANK_SEED_STRIDE`` after building the model."""
@@ -95,7 +97,7 @@ class TrainingRun:
     objective: ContrastiveObjective
     harmonizer: Harmonizer
     ledger: ConflictLedger | None
-    stream: BatchStream
+    stream: BatchStream | StreamBatches
     optimizer: torch.optim.Optimizer
     trainable: list[nn.Parameter]
     schedule: WarmupCosine
@@ -141,13 +143,22 @@ def build_run(
     dropped = train_data.suspects_to_drop(cfg.data.drop_suspects, dataset_dir, cfg.data.train_split)
     if dropped and ctx.is_main:
         print(f"leaving out {len(dropped)} suspects named by {cfg.data.drop_suspects.ledger}")
-    train_set = train_data.open_split(
-        dataset_dir, cfg.data.train_split, cache=cfg.data.cache, exclude=dropped
+    train_set = (
+        None
+        if cfg.data.streaming
+        else train_data.open_split(
+            dataset_dir, cfg.data.train_split, cache=cfg.data.cache, exclude=dropped
+        )
     )
-    if len(train_set) < cfg.data.batch_size * ctx.world_size:
+    size = (
+        len(train_set)
+        if train_set is not None
+        else train_data.split_size(dataset_dir, cfg.data.train_split)
+    )
+    if size < cfg.data.batch_size * ctx.world_size:
         per = f" x {ctx.world_size} processes" if ctx.is_distributed else ""
         raise ConfigError(
-            f"data.batch_size: {cfg.data.batch_size}{per} is more than the {len(train_set)} "
+            f"data.batch_size: {cfg.data.batch_size}{per} is more than the {size} "
             f"samples of split '{cfg.data.train_split}' in {dataset_dir}"
         )
     train_data.check_model_inputs(dataset_dir, cfg.model)
@@ -183,8 +194,11 @@ def build_run(
     )
 
     # ---- batches: the ledger-driven sampler or a plain shuffle, each rank its share, resumable
+    stream: BatchStream | StreamBatches
     sampler: ResumableSampler
-    if ledger is not None and cfg.harmonize.sampler.enabled:
+    if train_set is None:
+        stream = _streamed(cfg, dataset_dir, ctx)
+    elif ledger is not None and cfg.harmonize.sampler.enabled:
         s = cfg.harmonize.sampler
         sampler = CurriculumSampler(
             train_set.ids,
@@ -198,16 +212,17 @@ def build_run(
         )
     else:
         sampler = RankEpochSampler(len(train_set), cfg.train.seed, ctx.rank, ctx.world_size)
-    stream = BatchStream(
-        train_set,
-        sampler,
-        batch_size=cfg.data.batch_size,
-        collate_fn=train_data.collate_for(train_set),
-        num_workers=cfg.data.num_workers,
-        seed=cfg.train.seed,
-        pin_memory=device.type == "cuda",
-        progress=lambda: progress.fraction,
-    )
+    if train_set is not None:
+        stream = BatchStream(
+            train_set,
+            sampler,
+            batch_size=cfg.data.batch_size,
+            collate_fn=train_data.collate_for(train_set),
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed,
+            pin_memory=device.type == "cuda",
+            progress=lambda: progress.fraction,
+        )
 
     # ---- AdamW with warm-up + cosine, gradient clipping, the NaN/Inf guard
     o = cfg.optim
@@ -246,6 +261,27 @@ def build_run(
         clip=o.grad_clip if o.grad_clip is not None else math.inf,
         guard=BadStepGuard(cfg.train.max_bad_steps),
     )
+
+
+def _streamed(cfg: TrainConfig, root: Path, ctx: DistributedContext) -> StreamBatches:
+    """The training split read in sequence: shards per rank and worker, a shuffle buffer."""
+    dataset = StreamingDataset(
+        root,
+        cfg.data.train_split,
+        batch_size=cfg.data.batch_size,
+        buffer=cfg.data.stream_buffer,
+        seed=cfg.train.seed,
+    )
+    try:
+        return StreamBatches(
+            dataset,
+            world_size=ctx.world_size,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed,
+            pin_memory=ctx.device.type == "cuda",
+        )
+    except ValueError as err:
+        raise ConfigError(f"data.streaming: {err}") from None
 
 
 def with_data_dir(cfg: TrainConfig, data_dir: str | Path | None) -> TrainConfig:

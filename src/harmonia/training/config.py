@@ -71,11 +71,30 @@ class DataConfig:
     decoding). Each loader worker keeps its own copy: about frames x height x width x 3 +
     4 x audio samples bytes per sample and worker; use it when that fits."""
     drop_suspects: SuspectsConfig = field(default_factory=SuspectsConfig)
+    streaming: bool = False
+    """Read the training shards in sequence (WebDataset: shards shuffled per epoch, split between
+    ranks and workers, samples shuffled in a buffer) instead of by random access: for datasets
+    too large to read at random. An epoch is the full batches of the poorest rank; a resumed run
+    replays its epoch's batches up to the saved position (docs/training.md)."""
+    stream_buffer: int = 1000
+    """Encoded samples in the streaming shuffle buffer (1: no sample shuffle)."""
 
     def validate(self) -> None:
         check(bool(self.dir), "dir", "expected a dataset directory, got ''")
         require_positive(self, "batch_size")
         require_non_negative(self, "num_workers")
+        require_positive(self, "stream_buffer")
+        check(
+            not (self.streaming and self.cache),
+            "cache",
+            "keeps decoded samples for random access; data.streaming reads shards in order",
+        )
+        check(
+            not (self.streaming and self.drop_suspects.fraction),
+            "drop_suspects.fraction",
+            "leaves samples out by random access; with data.streaming write a filtered copy "
+            "instead (harmonia data filter)",
+        )
 
 
 @dataclass
@@ -296,6 +315,13 @@ class TrainConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def validate(self) -> None:
+        check(
+            not (self.data.streaming and self.harmonize.sampler.enabled),
+            "harmonize.sampler.enabled",
+            "draws samples by random access; data.streaming reads shards in order (turn one off)",
+        )
 
     def replace(self, **sections: Any) -> TrainConfig:
         """A copy with whole sections replaced."""

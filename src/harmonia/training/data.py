@@ -53,10 +53,16 @@ def open_split(
     root: Path, split: str, *, cache: bool = False, exclude: Iterable[str] = ()
 ) -> ShardDataset:
     """The map-style dataset of one split (DataError naming the splits that exist)."""
-    present = list(load_summary(root).get("splits", {}))
-    if split not in present:
-        raise DataError(f"{root} has no split {split!r}; it has {', '.join(present)}")
+    split_size(root, split)
     return ShardDataset(root, split, cache=cache, exclude=set(exclude))
+
+
+def split_size(root: Path, split: str) -> int:
+    """Samples of ``split`` as the summary counts them (DataError naming the splits that exist)."""
+    splits = load_summary(root).get("splits", {})
+    if split not in splits:
+        raise DataError(f"{root} has no split {split!r}; it has {', '.join(splits)}")
+    return int(splits[split]["samples"])
 
 
 def suspects_to_drop(options: SuspectsConfig, root: Path, split: str) -> list[str]:

@@ -1,0 +1,132 @@
+"""Training batches from WebDataset shards read in sequence (``data.streaming: true``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from harmonia.data.streaming import StreamingDataset
+from harmonia.training.batches import (
+    LoaderFailure,
+    dead_workers_reported_at_next_batch,
+    loader_failure_message,
+    stop_workers,
+)
+from harmonia.training.partition import stream_batches
+from harmonia.training.signals import worker_signal_handlers
+
+
+class StreamBatches:
+    """Endless batches of a `StreamingDataset` over epochs, with a saved position.
+
+    Every rank ends an epoch after the full batches of the poorest rank (`stream_batches` on the
+    epoch's shard order), so no rank waits for another in a collective. The stream is the same
+    for a seed and an epoch, so a resumed run rebuilds its epoch and replays (decodes and drops)
+    the batches before its saved position: the batches that follow are the ones that came next
+    before. At another world size the shards split differently: the epoch starts over.
+    """
+
+    def __init__(
+        self,
+        dataset: StreamingDataset,
+        *,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.epoch = 0
+        self.consumed = 0
+        self.wait = 0.0
+        self._iterator: Iterator[Any] | None = None
+        self._limit = 0
+        if self.steps_in(0) < 1:
+            raise ValueError(
+                f"the shards hold less than one full batch per rank ({world_size} ranks x "
+                f"{num_workers or 1} loader processes, {len(dataset.shards)} shards)"
+            )
+        if num_workers:
+            dead_workers_reported_at_next_batch()
+
+    def steps_in(self, epoch: int) -> int:
+        """Batches per rank in ``epoch``."""
+        order = self.dataset.epoch_shards(epoch)
+        sizes = [self.dataset.shard_samples[name] for name in order]
+        return stream_batches(sizes, self.dataset.batch_size or 1, self.world_size, self.workers)
+
+    @property
+    def workers(self) -> int:
+        return max(self.num_workers, 1)
+
+    def _open(self) -> None:
+        self.dataset.set_epoch(self.epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            # the loader draws its workers' base seed from this, not from the run's generator,
+            # so rebuilding an epoch on resume leaves the run's random numbers where they were
+            generator=torch.Generator().manual_seed(self.seed + self.epoch),
+            worker_init_fn=worker_signal_handlers if self.num_workers else None,
+            pin_memory=self.pin_memory,
+        )
+        self._iterator = iter(loader)
+        self._limit = self.steps_in(self.epoch)
+        for _ in range(self.consumed):  # replay up to the saved position
+            next(self._iterator)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        started = time.perf_counter()
+        while True:
+            try:
+                if self._iterator is None:
+                    self._open()
+                if self.consumed >= self._limit:
+                    self.close()
+                    self.epoch, self.consumed = self.epoch + 1, 0
+                    continue
+                assert self._iterator is not None
+                batch = next(self._iterator)
+            except StopIteration:  # fewer batches than planned (skipped samples): next epoch
+                self.close()
+                self.epoch, self.consumed = self.epoch + 1, 0
+                continue
+            except Exception as err:
+                self.close()
+                raise LoaderFailure(loader_failure_message(err)) from None
+            self.consumed += 1
+            self.wait += time.perf_counter() - started
+            return batch
+
+    def take_wait(self) -> float:
+        """Waiting time accumulated since the last call (and reset it)."""
+        wait, self.wait = self.wait, 0.0
+        return wait
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, batches consumed in it, and the world size they were split for."""
+        return {"epoch": self.epoch, "consumed": self.consumed, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position (the epoch's start at another world size)."""
+        self.close()
+        self.epoch = int(state["epoch"])
+        same = int(state.get("world_size", self.world_size)) == self.world_size
+        self.consumed = int(state["consumed"]) if same else 0
+
+    def close(self) -> None:
+        """Shut down worker processes."""
+        iterator, self._iterator = self._iterator, None
+        stop_workers(iterator)
