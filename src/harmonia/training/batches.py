@@ -179,7 +179,53 @@ class _Tagged:
         return len(self.sampler)
 
 
-class BatchStream:
+class BatchSource:
+    """What every source of training batches shares: the epoch and the batches of it handed to
+    the loop (its saved position), the time spent waiting, and shutting its workers down."""
+
+    def __init__(self, num_workers: int) -> None:
+        self.epoch = 0
+        self.consumed = 0
+        """Batches of the current epoch handed to the loop."""
+        self.wait = 0.0
+        """Seconds spent waiting for batches since the last `take_wait`."""
+        self._iterator: Iterator[Any] | None = None
+        if num_workers:
+            dead_workers_reported_at_next_batch()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        raise NotImplementedError
+
+    def _handed(self, batch: Any, started: float) -> Any:
+        """Count ``batch`` as handed to the loop, after waiting since ``started``."""
+        self.consumed += 1
+        self.wait += time.perf_counter() - started
+        return batch
+
+    def _failed(self, err: Exception) -> LoaderFailure:
+        """The one-line error of a failed loader (its workers shut down first)."""
+        self.close()
+        return LoaderFailure(loader_failure_message(err))
+
+    def _next_epoch(self) -> None:
+        self.close()
+        self.epoch, self.consumed = self.epoch + 1, 0
+
+    def take_wait(self) -> float:
+        """Waiting time accumulated since the last call (and reset it)."""
+        wait, self.wait = self.wait, 0.0
+        return wait
+
+    def close(self) -> None:
+        """Shut down worker processes."""
+        iterator, self._iterator = self._iterator, None
+        stop_workers(iterator)
+
+
+class BatchStream(BatchSource):
     """Endless batches over epochs with a saved position; measures the time spent waiting."""
 
     def __init__(
@@ -205,14 +251,7 @@ class BatchStream:
         self.seed = seed
         self.pin_memory = pin_memory
         self.progress = progress
-        self.epoch = 0
-        self.consumed = 0
-        """Batches of the current epoch handed to the loop."""
-        self.wait = 0.0
-        """Seconds spent waiting for batches since the last `take_wait`."""
-        self._iterator: Iterator[Any] | None = None
-        if num_workers:
-            dead_workers_reported_at_next_batch()
+        super().__init__(num_workers)
 
     def _loader(self) -> DataLoader:
         # only the workers' base seed comes from this generator; samples are seeded per index
@@ -229,9 +268,6 @@ class BatchStream:
             pin_memory=self.pin_memory,
         )
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
     def __next__(self) -> Any:
         started = time.perf_counter()
         while True:
@@ -246,16 +282,8 @@ class BatchStream:
                 self.consumed = 0
                 continue
             except Exception as err:
-                self.close()
-                raise LoaderFailure(loader_failure_message(err)) from None
-            self.consumed += 1
-            self.wait += time.perf_counter() - started
-            return batch
-
-    def take_wait(self) -> float:
-        """Waiting time accumulated since the last call (and reset it)."""
-        wait, self.wait = self.wait, 0.0
-        return wait
+                raise self._failed(err) from None
+            return self._handed(batch, started)
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, batches consumed in it, and the sampler's state at that point."""
@@ -271,8 +299,3 @@ class BatchStream:
         self.consumed = int(state["consumed"])
         self.sampler.load_state_dict(state["sampler"])
         self._iterator = None
-
-    def close(self) -> None:
-        """Shut down worker processes."""
-        iterator, self._iterator = self._iterator, None
-        stop_workers(iterator)

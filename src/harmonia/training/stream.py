@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from harmonia.data.streaming import StreamingDataset
-from harmonia.training.batches import (
-    LoaderFailure,
-    dead_workers_reported_at_next_batch,
-    loader_failure_message,
-    stop_workers,
-)
+from harmonia.training.batches import BatchSource
 from harmonia.training.partition import stream_batches
 from harmonia.training.signals import worker_signal_handlers
 
 
-class StreamBatches:
+class StreamBatches(BatchSource):
     """Endless batches of a `StreamingDataset` over epochs, with a saved position.
 
     Every rank ends an epoch after the full batches of the poorest rank (`stream_batches` on the
@@ -44,18 +38,13 @@ class StreamBatches:
         self.world_size = world_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.epoch = 0
-        self.consumed = 0
-        self.wait = 0.0
-        self._iterator: Iterator[Any] | None = None
         self._limit = 0
         if self.steps_in(0) < 1:
             raise ValueError(
                 f"the shards hold less than one full batch per rank ({world_size} ranks x "
                 f"{num_workers or 1} loader processes, {len(dataset.shards)} shards)"
             )
-        if num_workers:
-            dead_workers_reported_at_next_batch()
+        super().__init__(num_workers)
 
     def steps_in(self, epoch: int) -> int:
         """Batches per rank in ``epoch``."""
@@ -84,9 +73,6 @@ class StreamBatches:
         for _ in range(self.consumed):  # replay up to the saved position
             next(self._iterator)
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
     def __next__(self) -> Any:
         started = time.perf_counter()
         while True:
@@ -94,26 +80,16 @@ class StreamBatches:
                 if self._iterator is None:
                     self._open()
                 if self.consumed >= self._limit:
-                    self.close()
-                    self.epoch, self.consumed = self.epoch + 1, 0
+                    self._next_epoch()
                     continue
                 assert self._iterator is not None
                 batch = next(self._iterator)
             except StopIteration:  # fewer batches than planned (skipped samples): next epoch
-                self.close()
-                self.epoch, self.consumed = self.epoch + 1, 0
+                self._next_epoch()
                 continue
             except Exception as err:
-                self.close()
-                raise LoaderFailure(loader_failure_message(err)) from None
-            self.consumed += 1
-            self.wait += time.perf_counter() - started
-            return batch
-
-    def take_wait(self) -> float:
-        """Waiting time accumulated since the last call (and reset it)."""
-        wait, self.wait = self.wait, 0.0
-        return wait
+                raise self._failed(err) from None
+            return self._handed(batch, started)
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, batches consumed in it, and the world size they were split for."""
@@ -125,8 +101,3 @@ class StreamBatches:
         self.epoch = int(state["epoch"])
         same = int(state.get("world_size", self.world_size)) == self.world_size
         self.consumed = int(state["consumed"]) if same else 0
-
-    def close(self) -> None:
-        """Shut down worker processes."""
-        iterator, self._iterator = self._iterator, None
-        stop_workers(iterator)
