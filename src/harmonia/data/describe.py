@@ -31,9 +31,7 @@ def _describe(summary: dict[str, Any]) -> str:
     lines = [
         f"AV-MNIST-T: {summary['samples']} samples, {summary['bytes'] / 1e6:.1f} MB, "
         f"built in {build.get('seconds', float('nan')):.1f} s with {build.get('workers', '?')} workers",
-        f"  media: {media['frames']} frames @ {media['fps']} fps, {media['height']}x{media['width']} H.264; "
-        f"{media['audio_samples']} audio samples @ {media['sample_rate']} Hz AAC; "
-        f"{media['captions_per_clip']} captions per clip",
+        f"{_media_line(media)}; {media['captions_per_clip']} captions per clip",
         f"  source: {source.get('kind', '?')} {source.get('root') or ''} "
         f"({source.get('mnist_count', '?')} images, {source.get('recordings', '?')} recordings)".rstrip(),
     ]

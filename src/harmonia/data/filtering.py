@@ -14,10 +14,11 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from harmonia import __version__
 from harmonia.data.index import (
@@ -67,6 +68,11 @@ class FilterRule:
         return [e for e in ranked if e.score < self.below], f"score below {self.below:g}"
 
 
+def ranked_suspects(ledger: ConflictLedger, ids: Collection[str]) -> list[LedgerEntry]:
+    """The ledger's entries for ``ids``, most suspected first (ids it never saw are no suspects)."""
+    return [e for e in ledger.ranking() if e.id in ids]
+
+
 def filter_dataset(
     source: Path | str,
     ledger_csv: Path | str,
@@ -89,7 +95,7 @@ def filter_dataset(
     if not mine:
         raise DataError(f"{source} has no split {split!r} to filter")
     ledger = ConflictLedger.from_csv(ledger_csv)
-    ranked = [e for e in ledger.ranking() if e.id in mine]
+    ranked = ranked_suspects(ledger, mine)
     if not ranked:
         raise DataError(
             f"{ledger_csv} scores none of the {len(mine)} clips of {split!r} in {source}"
@@ -110,24 +116,27 @@ def filter_dataset(
 def _copy(source: Path, root: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Repack the kept records' members, split by split, into new shards."""
     out: list[dict[str, Any]] = []
-    splits = list(dict.fromkeys(r["split"] for r in records))
-    for split in splits:
-        mine = [r for r in records if r["split"] == split]
-        for number, start in enumerate(range(0, len(mine), SHARD_SIZE)):
-            part = mine[start : start + SHARD_SIZE]
-            name = shard_name(split, number)
-            samples = [(r["id"], _members(source, r)) for r in part]
-            members = write_shard(root / name, samples)
-            out += [{**r, "shard": name, "members": members[r["id"]]} for r in part]
+    with ExitStack() as stack:
+        handles: dict[str, BinaryIO] = {}  # each source shard opened once
+
+        def members(record: dict[str, Any]) -> list[tuple[str, bytes]]:
+            name = record["shard"]
+            if name not in handles:
+                handles[name] = stack.enter_context(open_shard(source, name))
+            fh = handles[name]
+            return [
+                (ext, read_member(fh, int(m["offset"]), int(m["size"])))
+                for ext, m in record["members"].items()
+            ]
+
+        for split in dict.fromkeys(r["split"] for r in records):
+            mine = [r for r in records if r["split"] == split]
+            for number, start in enumerate(range(0, len(mine), SHARD_SIZE)):
+                part = mine[start : start + SHARD_SIZE]
+                name = shard_name(split, number)
+                written = write_shard(root / name, [(r["id"], members(r)) for r in part])
+                out += [{**r, "shard": name, "members": written[r["id"]]} for r in part]
     return out
-
-
-def _members(source: Path, record: dict[str, Any]) -> list[tuple[str, bytes]]:
-    with open_shard(source, record["shard"]) as fh:
-        return [
-            (ext, read_member(fh, int(m["offset"]), int(m["size"])))
-            for ext, m in record["members"].items()
-        ]
 
 
 def _write_manifest(

@@ -21,6 +21,7 @@ refused, never followed.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -86,7 +87,7 @@ def table_candidates(folder: Path, table: Path) -> Iterator[Candidate | Refusal]
             yield Refusal(where, f"duplicate key {made.key!r} for another file or span")
         else:
             captions = before.captions + tuple(c for c in made.captions if c not in before.captions)
-            merged[made.key] = Candidate(**{**before.__dict__, "captions": captions})
+            merged[made.key] = dataclasses.replace(before, captions=captions)
     yield from merged.values()
 
 

@@ -76,8 +76,7 @@ def read_sidecar(path: Path) -> list[Segment]:
 def embedded(media: Path, stream: int = 0) -> list[Segment] | None:
     """The cues of the file's subtitle stream ``stream`` (mov_text, SRT, WebVTT, ASS), or None
     when it has none."""
-    with media.open("rb") as fh:
-        fmt = container_format(fh.read(16))
+    fmt = container_format(media)
     try:
         with av.open(str(media), mode="r", format=fmt) as container:
             streams = container.streams.subtitles

@@ -51,8 +51,11 @@ class Clip:
     """The source's duration in seconds, when its header says."""
 
 
-def container_format(head: bytes) -> str:
-    """The demuxer for a file starting with ``head``: mp4/mov, matroska/webm or avi."""
+def container_format(head: bytes | Path) -> str:
+    """The demuxer for a file (or the bytes it starts with): mp4/mov, matroska/webm or avi."""
+    if isinstance(head, Path):
+        with head.open("rb") as fh:
+            head = fh.read(16)
     if len(head) >= 12 and head[4:8] == b"ftyp":
         return "mp4"
     if head[:4] == b"\x1a\x45\xdf\xa3":
@@ -74,16 +77,10 @@ def cut_clip(
     """The clip of ``source`` (a path or the file's bytes) starting at ``start`` seconds."""
     if fit not in FITS:
         raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
-    head = source[:16] if isinstance(source, bytes) else _head(source)
-    fmt = container_format(head)
+    fmt = container_format(source[:16] if isinstance(source, bytes) else source)
     video, duration = _video(_open(source, fmt), spec, start, fit, video_stream)
     audio = _audio(_open(source, fmt), spec, start, audio_stream)
     return Clip(video, audio, duration)
-
-
-def _head(path: Path) -> bytes:
-    with path.open("rb") as fh:
-        return fh.read(16)
 
 
 def _open(source: Path | bytes, fmt: str) -> Any:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from harmonia.data import ShardDataset, build_dataset, collate, load_media_spec, read_index
+from harmonia.data.filtering import FilterRule, ranked_suspects
 from harmonia.data.index import SUMMARY_FILE, load_summary
 from harmonia.data.shards import TruncatedMember, open_shard, read_member
 from harmonia.data.sources import resolve_source
@@ -83,13 +84,14 @@ def suspects_to_drop(options: SuspectsConfig, root: Path, split: str) -> list[st
         ledger = ConflictLedger.from_csv(options.ledger)
     except CheckpointError as err:
         raise ConfigError(f"data.drop_suspects.ledger: {err}") from None
-    ranked = [entry.id for entry in ledger.ranking() if entry.id in ids]
+    ranked = ranked_suspects(ledger, ids)
     if not ranked:
         raise ConfigError(
             f"data.drop_suspects.ledger: {options.ledger} names none of the {len(ids)} samples "
             f"of split {split!r} in {root}"
         )
-    return ranked[: round(options.fraction * len(ids))]
+    chosen, _ = FilterRule(fraction=options.fraction).choose(ranked, len(ids))
+    return [entry.id for entry in chosen]
 
 
 def collate_for(dataset: ShardDataset) -> Callable[[list[Any]], dict[str, Any]]:
