@@ -27,7 +27,8 @@ import torch
 
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.capture import Capture
-from harmonia.harmonization.layer_grams import Traced, needs_outputs, rule_for
+from harmonia.harmonization.layer_grams import Traced
+from harmonia.harmonization.rules import needs_outputs, rule_for
 from harmonia.harmonization.spaces import compute_dtype, trace
 from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer

@@ -7,6 +7,7 @@ directly (no Gram-matrix tricks), so the tests compare two independent computati
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from scipy.optimize import nnls
 from torch import Tensor, nn
 
 from harmonia.harmonization import Harmonizer, HarmonizerStats
+from harmonia.harmonization.methods.base import random_orders
+from harmonia.harmonization.rules import FallbackWarning
 
 # ----------------------------------------------------------------------------- vectors
 
@@ -64,7 +67,8 @@ class Encoder(nn.Module):
 
     ``variant`` picks which layer kinds hold parameters: "transformer" uses only the natively
     covered layers (Linear, LayerNorm, Embedding); "fallback" adds a directly registered position
-    parameter, a Conv1d and an RMSNorm, which go through the torch.func fallback.
+    parameter (broadcast over the batch), a Conv1d and an RMSNorm, which all went through the
+    torch.func fallback before their native rules existed.
     """
 
     def __init__(self, d_in: int, steps: int, width: int = 8, variant: str = "transformer") -> None:
@@ -122,7 +126,7 @@ class Problem:
         return [self.encoder, self.heads, self.towers]
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for m in self.modules() for p in m.parameters()]
+        return [p for m in self.modules() for p in m.parameters() if p.requires_grad]
 
     def forward(self) -> tuple[dict[str, Tensor], Tensor]:
         anchor = self.encoder(self.x)
@@ -189,6 +193,10 @@ def make_problem(
     return problem
 
 
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def zero_grads(problem: Problem) -> None:
     for p in problem.parameters():
         p.grad = None
@@ -222,6 +230,25 @@ def max_deviation(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
+def assert_exact(problem: Problem, method: str = "pcgrad", native: bool = False) -> None:
+    """Harmonized grads and parameter-space Grams equal the brute-force reference.
+
+    With ``native`` no module may fall back to torch.func (a `FallbackWarning` fails the test).
+    """
+    with warnings.catch_warnings():
+        if native:
+            warnings.simplefilter("error", FallbackWarning)
+        got, stats = harmonized_grads(problem, Harmonizer(method, "parameters"))
+    batch = stats.gram.shape[0]
+    orders = random_orders(
+        batch, stats.gram.shape[1], torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    want = reference_grads(problem, "parameters", lambda v, i: pcgrad_flat(v, orders[i]))
+    assert max_deviation(got, want) <= 1e-8
+    per_sample = brute_force(problem).per_sample
+    assert torch.allclose(stats.gram, per_sample @ per_sample.transpose(1, 2), atol=1e-8, rtol=0)
+
+
 # ---------------------------------------------------------------- brute-force per-sample grads
 
 
@@ -245,7 +272,7 @@ class BruteForce:
 
 def brute_force(problem: Problem) -> BruteForce:
     losses, anchor = problem.forward()
-    enc = list(problem.encoder.parameters())
+    enc = trainable(problem.encoder)
     u = torch.stack(
         [torch.autograd.grad(loss, anchor, retain_graph=True)[0] for loss in losses.values()]
     )
@@ -304,7 +331,7 @@ def reference_grads(
     ``surgery(vectors, sample)`` combines a sample's flat per-loss gradients (written naively).
     """
     bf = brute_force(problem)
-    enc = list(problem.encoder.parameters())
+    enc = trainable(problem.encoder)
     batch = bf.u.shape[1]
     w = torch.ones(batch, dtype=bf.u.dtype) if weights is None else weights
     if space == "parameters":

@@ -114,7 +114,7 @@ def test_embedding_space_cosines_are_those_of_the_anchor_gradients() -> None:
 
 @pytest.mark.parametrize("method", ["pcgrad", "upgrad", "mgda"])
 def test_fallback_layers_are_exact(method: str) -> None:
-    """A direct Parameter, Conv1d and RMSNorm go through torch.func; still exact."""
+    """A broadcast direct Parameter, a Conv1d and an RMSNorm (once all torch.func): exact."""
     problem = make_problem(tasks=2, seed=70, variant="fallback")
     surgery = {
         "pcgrad": lambda v, i: pcgrad_flat(v, orders_for(0, problem.x.shape[0], 2)[i]),

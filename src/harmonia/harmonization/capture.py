@@ -4,8 +4,10 @@ Inside ``with Capture(encoder):`` every submodule of the encoder that owns param
 of its calls: the inputs (references to tensors autograd keeps anyway) and the gradient edges of
 its outputs. Edges are taken at call time, so later in-place changes of an output do not move
 them; calls whose outputs the anchor does not depend on (a shared backbone running the other
-modalities) simply receive no gradient later and are ignored. Hooks live only inside the
-context; records live until the Harmonizer's backward consumes them.
+modalities) simply receive no gradient later and are ignored. A covered
+``nn.MultiheadAttention`` records its projections instead (`attention.attend` stands in for its
+forward). Hooks and stand-ins live only inside the context; records live until the Harmonizer's
+backward consumes them.
 """
 
 from __future__ import annotations
@@ -16,30 +18,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
-COMPOSITE: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
-"""Modules that use their children's parameters in their own forward: handled as one unit."""
-
-
-@dataclass
-class Call:
-    """One call of a parameter-owning module during the captured forward."""
-
-    module: nn.Module
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    outputs: list[Tensor]
-    """The call's tensor outputs that require grad (detached; kept only where `Capture` was told
-    to keep them, since holding every output would raise peak memory); else their shapes only."""
-    shapes: list[torch.Size]
-    positions: list[int]
-    """Where ``outputs`` sit among the flattened leaves of the call's return value."""
-    edges: list[GradientEdge]
-    """Gradient edges of ``outputs`` at call time."""
+from harmonia.harmonization import attention, broadcast
+from harmonia.harmonization.calls import COMPOSITE, Call
 
 
 @dataclass
@@ -51,11 +35,16 @@ class Capture:
     keep_outputs: Callable[[nn.Module], bool] = lambda module: True
     calls: list[Call] = field(default_factory=list)
     _handles: list[RemovableHandle] = field(default_factory=list)
+    _stand_ins: list[nn.Module] = field(default_factory=list)
 
     def __enter__(self) -> Capture:
         if self.record:
             check_no_sample_mixing(self.encoder)
             for name, module in owners(self.encoder):
+                if attention.covered(module) and "forward" not in module.__dict__:
+                    setattr(module, "forward", attention.attend(module, name, self.calls.append))  # noqa: B010
+                    self._stand_ins.append(module)
+                    continue
                 self._handles.append(
                     module.register_forward_hook(self._hook(name), with_kwargs=True)
                 )
@@ -65,6 +54,9 @@ class Capture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module in self._stand_ins:
+            delattr(module, "forward")
+        self._stand_ins.clear()
 
     def _hook(self, name: str) -> Any:
         def hook(
@@ -77,18 +69,48 @@ class Capture:
             if not positions:
                 return
             outputs = [leaves[i] for i in positions]
+            fallback = self.keep_outputs(module)
+            uses = self._broadcast_uses(module, args, kwargs, outputs) if fallback else None
+            if uses is not None:  # its own parameters are only broadcast over the batch
+                self.calls.append(
+                    Call(
+                        module,
+                        name,
+                        (),
+                        {},
+                        [],
+                        [_shape(u) for u in uses],
+                        list(range(len(uses))),
+                        [u.edge for u in uses],
+                        uses,
+                    )
+                )
+                return
             edges = [get_gradient_edge(t) for t in outputs]
             shapes = [t.shape for t in outputs]
-            kept = [t.detach() for t in outputs] if self.keep_outputs(module) else []
+            kept = [t.detach() for t in outputs] if fallback else []
             self.calls.append(
                 Call(module, name, args, dict(kwargs), kept, shapes, positions, edges)
             )
 
         return hook
 
+    @staticmethod
+    def _broadcast_uses(
+        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], outputs: list[Tensor]
+    ) -> list[broadcast.Use] | None:
+        if isinstance(module, COMPOSITE) or outputs[0].dim() == 0:
+            return None
+        inputs, _ = tree_flatten((args, kwargs))
+        return broadcast.find_uses(module, inputs, outputs, outputs[0].shape[0])
+
     def clear(self) -> None:
         """Drop every record (and with it the references to activations)."""
         self.calls.clear()
+
+
+def _shape(use: broadcast.Use) -> torch.Size:
+    return torch.Size(broadcast.output_shape(use.edge.node))
 
 
 def owners(encoder: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -112,12 +134,6 @@ def owners(encoder: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def unit_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
-    """The trainable parameters a recorded module is responsible for."""
-    recurse = isinstance(module, COMPOSITE)
-    return {n: p for n, p in module.named_parameters(recurse=recurse) if p.requires_grad}
-
-
 def check_no_sample_mixing(encoder: nn.Module) -> None:
     """Reject modules known to couple the samples of a batch (per-sample gradients undefined)."""
     for name, module in encoder.named_modules():
@@ -129,6 +145,12 @@ def check_no_sample_mixing(encoder: nn.Module) -> None:
                 f"{where} ({type(module).__name__}) normalizes with batch statistics, which mixes "
                 "the samples of a batch, so per-sample parameter gradients are not defined: use "
                 "space='embedding' or 'batch', put it in eval mode, or use LayerNorm/GroupNorm"
+            )
+        if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
+            raise ValueError(
+                f"{where} (MultiheadAttention with batch_first=False) takes the batch in "
+                "dimension 1; parameters space needs the batch first in every layer: build it "
+                "(or its nn.TransformerEncoderLayer) with batch_first=True"
             )
         if isinstance(module, nn.Embedding) and module.scale_grad_by_freq:
             raise ValueError(

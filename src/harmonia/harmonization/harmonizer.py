@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.harmonization.capture import Capture, owners
-from harmonia.harmonization.layer_grams import needs_outputs
 from harmonia.harmonization.methods import Method, build_method
 from harmonia.harmonization.protocols import CurriculumLike
+from harmonia.harmonization.rules import needs_outputs
 from harmonia.harmonization.spaces import (
     SPACES,
     batch_gram,

@@ -5,10 +5,11 @@ is determined by the call's inputs and the gradient ``d_k`` arriving at its outp
 returns ``[B, M, M]``: ``<grad_ik, grad_il>`` summed over the module's parameters (and over all
 its calls on the anchor path, cross terms included). Native rules cover `nn.Linear` (ghost
 inner products or materialized per-sample gradients, whichever costs fewer operations),
-`nn.LayerNorm`, `nn.RMSNorm`, `nn.Embedding` and plain `nn.Conv2d` / per-frame `nn.Conv3d`
-(stride 1, one group); any other module falls back to `torch.func`
-(``vmap`` over samples of ``vjp`` of the module's functional form), which also verifies that the
-module treats samples independently.
+`nn.LayerNorm`, `nn.RMSNorm`, `nn.GroupNorm`, `nn.Embedding` and `nn.Conv1d/2d/3d` (any stride,
+dilation, padding and groups); `harmonia.harmonization.attention` adds `nn.MultiheadAttention`.
+Any other module falls back to `torch.func` (``vmap`` over samples of ``vjp`` of the module's
+functional form), which also verifies that the module treats samples independently;
+`harmonia.harmonization.rules` picks the rule and says when it falls back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from harmonia.harmonization.capture import Call, unit_parameters
+from harmonia.harmonization.calls import Call, unit_parameters
 
 MATERIALIZE_BUDGET = 1 << 24
 """Largest number of per-sample gradient entries held at once when materializing (chunked)."""
@@ -46,9 +47,6 @@ class Traced:
         grad = self.grads[0]
         assert grad is not None
         return grad
-
-
-Rule = Callable[[nn.Module, list[Traced], torch.dtype], Tensor]
 
 
 def _forward_is(module: nn.Module, cls: type[nn.Module]) -> bool:
@@ -108,8 +106,7 @@ def _weight_and_bias_gram(module: nn.Module, a: Tensor, d: Sequence[Tensor]) -> 
     gram = a.new_zeros(a.shape[0], len(d), len(d))
     if module.weight.requires_grad:
         gram = gram + linear_weight_gram(a, d)
-    bias = getattr(module, "bias", None)
-    if bias is not None and bias.requires_grad:
+    if _trainable_bias(module):
         gram = gram + flat_gram([dk.sum(1) for dk in d])
     return gram
 
@@ -139,67 +136,112 @@ def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
     return _cat(parts, 0)
 
 
-def _plain_conv(module: nn.Module) -> bool:
-    """A Conv2d, or a Conv3d with a temporal kernel of 1, of stride 1, no dilation, one group."""
-    if not (_forward_is(module, nn.Conv2d) or _forward_is(module, nn.Conv3d)):
-        return False
-    assert isinstance(module, nn.Conv2d | nn.Conv3d)
-    ok = module.groups == 1 and module.padding_mode == "zeros"
-    ok = ok and all(s == 1 for s in module.stride) and all(d == 1 for d in module.dilation)
-    ok = ok and isinstance(module.padding, tuple)
-    if isinstance(module, nn.Conv3d):
-        ok = ok and module.kernel_size[0] == 1 and module.padding[0] == 0  # type: ignore[index]
-    return ok
+def covered_conv(module: nn.Module) -> bool:
+    """A plain ``nn.Conv1d`` / ``Conv2d`` / ``Conv3d``: any kernel, stride, dilation, padding, groups."""
+    return any(_forward_is(module, cls) for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+
+
+def conv_patches(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor) -> Tensor:
+    """The input patch under the kernel at every output position (im2col in any dimension).
+
+    ``[B, C, *grid] -> [B, positions, groups, C / groups * kernel volume]``, ordered like the
+    output's flattened grid and like each group's flattened weight ``[C / groups, *kernel]``.
+    """
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    dims = len(module.kernel_size)
+    for i, (size, stride, dilation) in enumerate(
+        zip(module.kernel_size, module.stride, module.dilation, strict=True)
+    ):
+        x = x.unfold(2 + i, (size - 1) * dilation + 1, stride)[..., ::dilation]
+    # [B, C, *out_grid, *kernel] -> [B, *out_grid, C, *kernel]
+    order = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
+    x = x.permute(order)
+    batch, channels = x.shape[0], x.shape[1 + dims]
+    return x.reshape(batch, -1, module.groups, channels // module.groups * _volume(module))
+
+
+def _volume(module: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> int:
+    volume = 1
+    for size in module.kernel_size:
+        volume *= size
+    return volume
 
 
 def conv_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
-    """``nn.Conv2d`` / per-frame ``nn.Conv3d``: a linear layer over unfolded input patches.
+    """``nn.Conv1d/2d/3d``: per group, a linear layer over unfolded input patches.
 
-    The per-sample weight gradient is ``sum_p d_p a_p^T`` over output positions ``p``, with
-    ``a_p`` the input patch under the kernel at ``p`` (im2col), so `linear_weight_gram` applies
-    with positions as rows; the bias gradient is ``sum_p d_p``.
+    The per-sample weight gradient of group ``g`` is ``sum_p d_pg a_pg^T`` over output positions
+    ``p``, with ``a_pg`` the group's input patch under the kernel at ``p`` (im2col), so
+    `linear_weight_gram` applies with positions as rows; the groups' weights are disjoint, so
+    their Grams add. The bias gradient is ``sum_p d_p``. Patches are built a chunk of samples at
+    a time, since they hold the input about kernel-volume times over.
     """
-    assert isinstance(module, nn.Conv2d | nn.Conv3d)
-    batch = traced[0].grad[0].shape[0]
-    kernel = tuple(module.kernel_size[-2:])
-    padding = tuple(int(p) for p in module.padding[-2:])  # type: ignore[index, call-overload]
-    rows = []
-    for t in traced:
-        x = _input(t.call).to(dtype)
-        if x.dim() == 5:  # [B, C, T, H, W] -> frames [B*T, C, H, W]
-            x = x.transpose(1, 2).flatten(0, 1)
-        cols = F.unfold(x, kernel, padding=padding)  # [B*T, C*kh*kw, H'*W']
-        rows.append(cols.transpose(1, 2).reshape(batch, -1, cols.shape[1]))
+    assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    on_path = traced[0].grad
+    batch, tasks, groups = on_path[0].shape[0], len(on_path), module.groups
+    per_sample = _volume(module) * sum(_input(t.call)[0].numel() for t in traced)
+    chunk = max(1, MATERIALIZE_BUDGET // max(1, per_sample))
+    out_group = module.out_channels // groups
 
-    def shape(g: Tensor) -> Tensor:
-        # [B, O, (T,) H', W'] -> [B, positions, O] in the order of the unfolded rows
-        g = g.transpose(1, 2) if g.dim() == 5 else g.unsqueeze(1)  # [B, T, O, H', W']
-        return g.flatten(3).transpose(2, 3).reshape(batch, -1, module.out_channels)
+    def shape(g: Tensor) -> Tensor:  # [b, O, *grid] -> [b, positions, O]
+        return g.flatten(2).transpose(1, 2)
 
-    return _weight_and_bias_gram(module, _cat(rows, 1), _per_loss(traced, shape, dtype))
+    train_weight = module.weight.requires_grad
+    parts = []
+    for start in range(0, batch, chunk):
+        rows = slice(start, start + chunk)
+        d = [_cat([shape(t.grad[k][rows]) for t in traced], 1).to(dtype) for k in range(tasks)]
+        gram = flat_gram([dk.sum(1) for dk in d]) if _trainable_bias(module) else None
+        if train_weight:
+            a = _cat([conv_patches(module, _input(t.call)[rows].to(dtype)) for t in traced], 1)
+            for g in range(groups):
+                block = [dk[..., g * out_group : (g + 1) * out_group] for dk in d]
+                term = linear_weight_gram(a[:, :, g], block)
+                gram = term if gram is None else gram + term
+        parts.append(gram if gram is not None else d[0].new_zeros(d[0].shape[0], tasks, tasks))
+    return _cat(parts, 0)
+
+
+def _trainable_bias(module: nn.Module) -> bool:
+    bias = getattr(module, "bias", None)
+    return bias is not None and bias.requires_grad
 
 
 def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
-    """``nn.LayerNorm`` / ``nn.RMSNorm``: per-sample ``sum_t xhat_t * d_t`` (weight), ``sum_t d_t`` (bias)."""
-    assert isinstance(module, nn.LayerNorm | nn.RMSNorm)
-    shape = tuple(module.normalized_shape)
-    width = 1
-    for size in shape:
-        width *= size
+    """``nn.LayerNorm`` / ``RMSNorm`` / ``GroupNorm``: per sample ``sum_t xhat_t * d_t`` (weight)
+    and ``sum_t d_t`` (bias), over rows ``t`` of the affine parameters' width.
+
+    LayerNorm and RMSNorm scale the last dimensions (rows: the leading ones); GroupNorm scales
+    channels (dimension 1; rows: the positions of the grid).
+    """
+    assert isinstance(module, nn.LayerNorm | nn.RMSNorm | nn.GroupNorm)
     batch = traced[0].grad[0].shape[0]
-    xhat = []
-    for t in traced:
-        x = _input(t.call).to(dtype)
-        if isinstance(module, nn.LayerNorm):
-            x = F.layer_norm(x, shape, eps=module.eps)
-        else:
-            x = F.rms_norm(x, shape, eps=module.eps)
-        xhat.append(x.reshape(batch, -1, width))
-    normalized = _cat(xhat, 1)
-    d = _per_loss(traced, lambda g: g.reshape(batch, -1, width), dtype)
+    if isinstance(module, nn.GroupNorm):
+
+        def rows(x: Tensor) -> Tensor:  # [B, C, *grid] -> [B, positions, C]
+            return x.reshape(batch, module.num_channels, -1).transpose(1, 2)
+
+        def normalize(x: Tensor) -> Tensor:
+            return F.group_norm(x, module.num_groups, eps=module.eps)
+    else:
+        shape = tuple(module.normalized_shape)
+        width = 1
+        for size in shape:
+            width *= size
+
+        def rows(x: Tensor) -> Tensor:
+            return x.reshape(batch, -1, width)
+
+        def normalize(x: Tensor) -> Tensor:
+            if isinstance(module, nn.LayerNorm):
+                return F.layer_norm(x, shape, eps=module.eps)
+            return F.rms_norm(x, shape, eps=module.eps)
+
+    normalized = _cat([rows(normalize(_input(t.call).to(dtype))) for t in traced], 1)
+    d = _per_loss(traced, rows, dtype)
     with_weight = module.weight is not None and module.weight.requires_grad
-    module_bias = getattr(module, "bias", None)
-    with_bias = module_bias is not None and module_bias.requires_grad
+    with_bias = _trainable_bias(module)
     per_sample = []
     for dk in d:
         pieces = [(normalized * dk).sum(1)] if with_weight else []
@@ -231,11 +273,6 @@ def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype)
     params = {name: _whole(p.detach()) for name, p in unit_parameters(module).items()}
     on_path = next(g for g in traced[0].grads if g is not None)
     tasks, batch = len(on_path), on_path[0].shape[0]
-    if isinstance(module, nn.MultiheadAttention) and not module.batch_first:
-        raise ValueError(
-            f"{traced[0].call.name}: nn.MultiheadAttention with batch_first=False puts the batch "
-            "in dimension 1; parameters space needs batch_first=True"
-        )
     total: dict[str, Tensor] = {}
     for t in traced:
         grads = _per_sample_grads(module, params, t, batch, tasks)
@@ -330,21 +367,3 @@ def _close(a: Tensor, b: Tensor) -> bool:
         return True
     scale = float(b.abs().max())
     return bool((a.double() - b.double()).abs().max() <= tolerance * (1.0 + scale))
-
-
-def rule_for(module: nn.Module) -> Rule:
-    """The Gram rule that covers ``module``."""
-    if _forward_is(module, nn.Linear):
-        return linear_gram
-    if _forward_is(module, nn.LayerNorm) or _forward_is(module, nn.RMSNorm):
-        return norm_gram
-    if _forward_is(module, nn.Embedding):
-        return embedding_gram
-    if _plain_conv(module):
-        return conv_gram
-    return functional_gram
-
-
-def needs_outputs(module: nn.Module) -> bool:
-    """Whether the rule for ``module`` verifies against its captured outputs."""
-    return rule_for(module) is functional_gram

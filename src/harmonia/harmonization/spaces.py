@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harmonia.harmonization.capture import Call, unit_parameters
-from harmonia.harmonization.layer_grams import Traced, rule_for
+from harmonia.harmonization.calls import Call, unit_parameters
+from harmonia.harmonization.layer_grams import Traced
+from harmonia.harmonization.rules import module_gram
 
 SPACES: tuple[str, ...] = ("embedding", "parameters", "batch")
 
@@ -72,7 +73,7 @@ def parameter_gram(anchor: Tensor, grads: Tensor, calls: list[Call]) -> Tensor:
     gram = torch.zeros(batch, tasks, tasks, dtype=dtype, device=grads.device)
     for group in by_module.values():
         module = group[0].call.module
-        gram = gram + rule_for(module)(module, group, dtype).to(dtype)
+        gram = gram + module_gram(module, group, dtype).to(dtype)
     return gram
 
 

@@ -1,0 +1,232 @@
+"""Native Gram rules for attention, convolutions and GroupNorm: exact, and no torch.func fallback.
+
+Each case runs a small encoder through parameters space and compares the accumulated gradients
+and the per-sample Grams with the brute-force reference (one autograd call per sample and loss,
+float64), with `FallbackWarning` raised as an error so a silent fallback fails the test.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harmonia.harmonization import Harmonizer
+from harmonia.harmonization.rules import FallbackWarning, rule_for
+from harmonizer_reference import assert_exact, harmonized_grads, make_problem
+
+WIDTH = 8
+STEPS = 5
+
+
+class AttentionEncoder(nn.Module):
+    """Linear -> MultiheadAttention (self or cross) -> pooled; options exercise every branch."""
+
+    def __init__(
+        self,
+        *,
+        bias: bool = True,
+        kdim: int | None = None,
+        cross: bool = False,
+        twice: bool = False,
+        need_weights: bool = False,
+        mask: str = "none",
+        frozen_in_proj: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, WIDTH)
+        self.memory = nn.Linear(3, kdim or WIDTH)
+        self.attn = nn.MultiheadAttention(
+            WIDTH, 2, bias=bias, kdim=kdim, vdim=kdim, batch_first=True
+        )
+        if frozen_in_proj:
+            for name, p in self.attn.named_parameters():
+                if not name.startswith("out_proj"):
+                    p.requires_grad_(False)
+        self.cross, self.twice, self.need_weights, self.mask = cross, twice, need_weights, mask
+
+    def masks(self, x: Tensor) -> dict[str, Tensor]:
+        batch, steps = x.shape[:2]
+        causal = torch.triu(torch.ones(steps, steps, dtype=torch.bool), 1)
+        padding = torch.zeros(batch, steps, dtype=torch.bool)
+        padding[0, -2:] = True  # sample 0 ignores its last two keys
+        if self.mask == "causal_bool":
+            return {"attn_mask": causal, "is_causal": True}
+        if self.mask == "float_and_padding":  # per-head float mask [B * heads, L, S] and padding
+            gen = torch.Generator().manual_seed(5)
+            bias = torch.randn(batch * 2, steps, steps, generator=gen, dtype=x.dtype)
+            ignored = torch.zeros(padding.shape, dtype=x.dtype).masked_fill(padding, -torch.inf)
+            return {"attn_mask": bias, "key_padding_mask": ignored}
+        return {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        memory = self.memory(x.flip(1)) if self.cross else h
+        out, weights = self.attn(h, memory, memory, need_weights=self.need_weights, **self.masks(x))
+        if self.twice:
+            out = out + self.attn(out, out, out, need_weights=False)[0]
+        pooled = out.mean(1)
+        if weights is not None:  # the returned weights are on the anchor path too
+            pooled = pooled + weights.sum((1, 2))[:, None] * out[:, 0]
+        return pooled
+
+
+ATTENTION_CASES = {
+    "self": {},
+    "no_bias": {"bias": False},
+    "cross_kdim": {"cross": True, "kdim": 6},
+    "called_twice": {"twice": True},
+    "need_weights": {"need_weights": True, "mask": "float_and_padding"},
+    "causal_bool_mask": {"mask": "causal_bool"},
+    "sdpa_float_and_padding": {"mask": "float_and_padding"},
+    "frozen_in_proj": {"frozen_in_proj": True},
+}
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_multihead_attention_is_exact_without_fallback(case: str) -> None:
+    torch.manual_seed(0)
+    encoder = AttentionEncoder(**ATTENTION_CASES[case])  # type: ignore[arg-type]
+    assert_exact(make_problem(encoder=encoder, seed=11, steps=STEPS), native=True)
+
+
+class TransformerTower(nn.Module):
+    """How PyTorch users write it: nn.TransformerEncoder of norm-first layers, first token pooled."""
+
+    def __init__(self, norm_first: bool = True) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, WIDTH)
+        layer = nn.TransformerEncoderLayer(
+            WIDTH, 2, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=norm_first
+        )
+        self.blocks = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.inp(x))[:, 0]
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_transformer_encoder_layers_are_exact_without_fallback(norm_first: bool) -> None:
+    torch.manual_seed(1)
+    encoder = TransformerTower(norm_first)
+    assert_exact(make_problem(encoder=encoder, seed=12, steps=STEPS), native=True)
+
+
+def test_attention_in_training_mode_with_dropout_runs_natively() -> None:
+    """Dropout inside attention cannot be replayed per sample, and the native rule never needs to."""
+    torch.manual_seed(2)
+    layer = nn.TransformerEncoderLayer(WIDTH, 2, 16, dropout=0.3, batch_first=True)
+    encoder = nn.Sequential(nn.Linear(3, WIDTH), layer, nn.Flatten(), nn.Linear(WIDTH * 4, WIDTH))
+    problem = make_problem(encoder=encoder, seed=13)
+    encoder.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        got, stats = harmonized_grads(problem, Harmonizer("pcgrad", "parameters"))
+    assert all(bool(torch.isfinite(g).all()) for g in got)
+    assert bool((stats.gram.diagonal(dim1=1, dim2=2) > 0).all())
+
+
+def test_batch_second_attention_is_a_clear_error_naming_the_layer() -> None:
+    layer = nn.TransformerEncoderLayer(WIDTH, 2, 16, dropout=0.0)  # batch_first=False
+    encoder = nn.Sequential(nn.Linear(3, WIDTH), layer, nn.Flatten(), nn.Linear(WIDTH * 4, WIDTH))
+    assert rule_for(layer.self_attn).__name__ == "functional_gram"
+    with pytest.raises(ValueError, match=r"1\.self_attn .*batch_first=True"):
+        harmonized_grads(make_problem(encoder=encoder, seed=14), Harmonizer("pcgrad", "parameters"))
+
+
+CONV_CASES = {
+    "conv1d_stride2_dilation2": (nn.Conv1d, {"kernel_size": 3, "stride": 2, "dilation": 2}),
+    "conv1d_same_reflect": (nn.Conv1d, {"kernel_size": 4, "padding": "same", "padding_mode": "reflect"}),
+    "conv2d_groups_stride": (nn.Conv2d, {"kernel_size": (3, 2), "stride": (2, 1), "groups": 2, "padding": 1}),
+    "conv2d_circular_no_bias": (nn.Conv2d, {"kernel_size": 3, "padding": 1, "padding_mode": "circular", "bias": False}),
+    "conv3d_full_kernel": (nn.Conv3d, {"kernel_size": 3, "padding": 1, "stride": (1, 2, 2)}),
+    "conv3d_replicate_groups": (nn.Conv3d, {"kernel_size": (2, 3, 3), "padding": (0, 1, 1), "padding_mode": "replicate", "groups": 4}),
+}  # fmt: skip
+
+
+class ConvEncoder(nn.Module):
+    """A conv over a grid built from the input, GroupNorm, GELU, pooled to the anchor width."""
+
+    def __init__(self, conv: type[nn.Module], options: dict[str, object]) -> None:
+        super().__init__()
+        self.dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[conv]
+        self.inp = nn.Linear(3, 4 * 6 ** (self.dims - 1))
+        self.conv = conv(4, WIDTH, **options)
+        self.norm = nn.GroupNorm(2, WIDTH)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, steps = x.shape[:2]
+        grid = self.inp(x).view(batch, steps, 4, *[6] * (self.dims - 1)).transpose(1, 2)
+        if self.dims == 1:
+            grid = grid.reshape(batch, 4, steps)
+        return F.gelu(self.norm(self.conv(grid))).flatten(2).mean(-1)
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_convolutions_are_exact_without_fallback(case: str) -> None:
+    torch.manual_seed(3)
+    conv, options = CONV_CASES[case]
+    assert_exact(make_problem(encoder=ConvEncoder(conv, options), seed=15, steps=6), native=True)
+
+
+def test_conv_patches_chunk_over_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small materialization budget splits the patches into chunks; the Gram is unchanged."""
+    from harmonia.harmonization import layer_grams
+
+    torch.manual_seed(4)
+    conv, options = CONV_CASES["conv2d_groups_stride"]
+    monkeypatch.setattr(layer_grams, "MATERIALIZE_BUDGET", 1)
+    assert_exact(make_problem(encoder=ConvEncoder(conv, options), seed=16, steps=6), native=True)
+
+
+def test_group_norm_without_affine_and_layer_norm_without_bias_are_exact() -> None:
+    torch.manual_seed(5)
+    encoder = ConvEncoder(nn.Conv2d, {"kernel_size": 3, "padding": 1})
+    encoder.norm = nn.GroupNorm(4, WIDTH, affine=False)
+    assert_exact(make_problem(encoder=encoder, seed=17, steps=6), native=True)
+
+
+class DirectParameters(nn.Module):
+    """Bare parameters on the encoder, used the ways transformers use them (or, with ``used_as``
+    "matmul", in a way only torch.func covers)."""
+
+    def __init__(self, used_as: str = "broadcasts") -> None:
+        super().__init__()
+        self.used_as = used_as
+        self.token = nn.Parameter(torch.randn(WIDTH))
+        self.positions = nn.Parameter(torch.randn(4 + 1, WIDTH))
+        self.shift = nn.Parameter(torch.randn(1, 1, WIDTH))
+        self.inp = nn.Linear(3, WIDTH)
+
+    def forward(self, x: Tensor) -> Tensor:
+        token = self.token.view(1, 1, -1).expand(len(x), -1, -1)  # open_clip's class token
+        h = torch.cat([token, self.inp(x)], 1) + self.positions  # and its position table
+        h = torch.sub(torch.tanh(h), self.shift, alpha=0.5)
+        h = h - self.shift.expand(len(x), 1, -1)  # a second use of the same parameter
+        if self.used_as == "matmul":
+            h = h @ torch.diag(self.token)
+        return h.mean(1)
+
+
+def test_broadcast_parameters_are_exact_without_fallback() -> None:
+    torch.manual_seed(6)
+    assert_exact(make_problem(encoder=DirectParameters(), seed=18), native=True)
+
+
+def test_a_fallback_is_reported_once_with_the_module_and_its_cost() -> None:
+    torch.manual_seed(7)
+    problem = make_problem(encoder=DirectParameters("matmul"), seed=19)
+    harmonizer = Harmonizer("pcgrad", "parameters")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            harmonized_grads(problem, harmonizer)
+    fallbacks = [w for w in caught if issubclass(w.category, FallbackWarning)]
+    assert len(fallbacks) == 1
+    message = str(fallbacks[0].message)
+    assert "DirectParameters" in message and "token, positions, shift" in message
+    assert " ms for 5 samples" in message
+    assert_exact(problem)  # and it is still exact
