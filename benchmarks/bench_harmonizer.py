@@ -9,7 +9,9 @@ meaningful on a machine shared with other jobs; ``--clock wall`` measures wall t
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_harmonizer.py --batch-sizes 32 128
 
-``--breakdown`` also times the pieces of a ``parameters``-space step (median ms per piece).
+``--breakdown`` also times the pieces of a ``parameters``-space step (median ms per piece);
+``--workload torch-transformer`` (or ``both``) times the tri-modal ``nn.TransformerEncoder`` of
+`torch_transformer` instead, a model written the way PyTorch users write one.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 
 import torch
 
+import torch_transformer
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.capture import Capture
 from harmonia.harmonization.layer_grams import Traced
-from harmonia.harmonization.rules import needs_outputs, rule_for
+from harmonia.harmonization.rules import module_gram, needs_outputs
 from harmonia.harmonization.spaces import compute_dtype, trace
 from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
@@ -44,6 +47,8 @@ DEFAULT_GRID = (
     ("parameters", "upgrad"),
 )
 """(space, method) pairs timed by default."""
+TRANSFORMER_GRID = [("embedding", "none"), ("parameters", "none"), ("parameters", "pcgrad")]
+"""(space, method) pairs timed on the nn.TransformerEncoder workload."""
 
 
 def build(batch_size: int, size: str) -> tuple[VATT, ContrastiveObjective, dict[str, Any]]:
@@ -159,18 +164,18 @@ def report(times: dict[str, list[float]], baseline: str) -> list[str]:
 
 
 def breakdown(
-    model: VATT,
-    objective: ContrastiveObjective,
-    batch: dict[str, Any],
+    run: Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]],
+    params: Callable[[], None],
+    encoder: torch.nn.Module,
     repeats: int,
     clock: Callable[[], float],
 ) -> list[str]:
     """Median per-step time of each piece of a parameters-space step (after one warm-up step).
 
+    ``run()`` is a forward returning the losses and the anchor; ``params()`` clears the grads.
     The pieces are the Harmonizer's own stages, run one by one; Gram rules are summed per kind
-    of layer, with the wide input projections (video and audio patches) listed apart.
+    of layer, with wide input projections (far more inputs than outputs) listed apart.
     """
-    encoder = model.anchor_encoder()
     parts: dict[str, list[float]] = defaultdict(lambda: [0.0] * (repeats + 1))
 
     @contextmanager
@@ -180,23 +185,22 @@ def breakdown(
         parts[name][repeat] += clock() - start
 
     for r in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
+        params()
         with piece("plain forward", r):
-            out = model(batch)
-        plain = objective.reduce(objective(out), out)
+            plain, _ = run()
         with piece("plain backward", r):
             torch.stack(list(plain.values())).sum().backward()
-        model.zero_grad(set_to_none=True)
+        params()
         capture = Capture(encoder, keep_outputs=needs_outputs)
         with piece("forward with capture", r), capture:
-            out = model(batch)
-        losses = list(objective.reduce(objective(out), out).values())
+            named, anchor = run()
+        losses = list(named.values())
         with piece("anchor gradients (loss side)", r):
             grads = torch.stack(
-                [torch.autograd.grad(v, out.anchor, retain_graph=True)[0] for v in losses]
+                [torch.autograd.grad(v, anchor, retain_graph=True)[0] for v in losses]
             )
         with piece("backward passes to layer outputs", r):
-            traced = trace(out.anchor, grads, capture.calls)
+            traced = trace(anchor, grads, capture.calls)
         groups: dict[int, list[Traced]] = defaultdict(list)
         for t in traced:
             groups[id(t.call.module)].append(t)
@@ -206,7 +210,7 @@ def breakdown(
             if isinstance(module, torch.nn.Linear) and module.in_features > 4 * module.out_features:
                 name = f"Gram of Linear {module.in_features}->{module.out_features}"
             with piece(name, r):
-                rule_for(module)(module, group, compute_dtype(grads))
+                module_gram(module, group, compute_dtype(grads))
         with piece("final backward", r):
             torch.autograd.backward(losses)
     lines = [f"{'piece':<38} {'ms':>8}"]
@@ -215,10 +219,49 @@ def breakdown(
     return lines
 
 
+def vatt_breakdown(
+    model: VATT,
+    objective: ContrastiveObjective,
+    batch: dict[str, Any],
+    repeats: int,
+    clock: Callable[[], float],
+) -> list[str]:
+    """`breakdown` of a step of the VATT workload."""
+
+    def run() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        out = model(batch)
+        return objective.reduce(objective(out), out), out.anchor
+
+    def clear() -> None:
+        model.zero_grad(set_to_none=True)
+
+    return breakdown(run, clear, model.anchor_encoder(), repeats, clock)
+
+
+def transformer_breakdown(
+    model: torch_transformer.TriModal,
+    batch: dict[str, torch.Tensor],
+    repeats: int,
+    clock: Callable[[], float],
+) -> list[str]:
+    """`breakdown` of a step of the nn.TransformerEncoder workload."""
+
+    def clear() -> None:
+        model.zero_grad(set_to_none=True)
+
+    return breakdown(lambda: model(batch), clear, model.towers["video"], repeats, clock)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--size", default="tiny")
+    parser.add_argument(
+        "--workload",
+        choices=["vatt", "torch-transformer", "both"],
+        default="vatt",
+        help="harmonia's VATT, or the tri-modal nn.TransformerEncoder of torch_transformer.py",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -230,18 +273,31 @@ def main() -> None:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{args.threads} thread(s), VATT {args.size}, train mode, forward + backward, "
+        f"{args.threads} thread(s), train mode, forward + backward, "
         f"{args.clock} time, median of {args.repeats} interleaved repeats"
     )
-    for batch_size in args.batch_sizes:
-        model, objective, batch = build(batch_size, args.size)
-        steps = variants(model, objective, batch, not args.no_torchjd)
-        times = measure(steps, args.repeats, args.warmup, clock)
-        print(f"\nB={batch_size}")
-        print("\n".join(report(times, "plain backward")))
-        if args.breakdown:
-            print(f"\nB={batch_size}, parameters space, pieces of one step (median over repeats)")
-            print("\n".join(breakdown(model, objective, batch, args.repeats, clock)))
+    workloads = ["vatt", "torch-transformer"] if args.workload == "both" else [args.workload]
+    for workload in workloads:
+        for batch_size in args.batch_sizes:
+            if workload == "vatt":
+                title = f"VATT {args.size}"
+                model, objective, batch = build(batch_size, args.size)
+                steps = variants(model, objective, batch, not args.no_torchjd)
+            else:
+                title = "tri-modal nn.TransformerEncoder"
+                tri, inputs = torch_transformer.build(batch_size)
+                steps = torch_transformer.steps(tri, inputs, TRANSFORMER_GRID)
+            times = measure(steps, args.repeats, args.warmup, clock)
+            print(f"\n{title}, B={batch_size}")
+            print("\n".join(report(times, "plain backward")))
+            if not args.breakdown:
+                continue
+            print(f"\n{title}, B={batch_size}, parameters space, pieces of one step (median)")
+            if workload == "vatt":
+                lines = vatt_breakdown(model, objective, batch, args.repeats, clock)
+            else:
+                lines = transformer_breakdown(tri, inputs, args.repeats, clock)
+            print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -172,8 +172,8 @@ def test_convolutions_are_exact_without_fallback(case: str) -> None:
     assert_exact(make_problem(encoder=ConvEncoder(conv, options), seed=15, steps=6), native=True)
 
 
-def test_conv_patches_chunk_over_samples(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A small materialization budget splits the patches into chunks; the Gram is unchanged."""
+def test_conv_weight_gradients_chunk_over_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small materialization budget splits the samples into chunks; the Gram is unchanged."""
     from harmonia.harmonization import layer_grams
 
     torch.manual_seed(4)
@@ -230,3 +230,52 @@ def test_a_fallback_is_reported_once_with_the_module_and_its_cost() -> None:
     assert "DirectParameters" in message and "token, positions, shift" in message
     assert " ms for 5 samples" in message
     assert_exact(problem)  # and it is still exact
+
+
+def test_the_benchmarks_torch_transformer_workload_is_native_and_exact() -> None:
+    """benchmarks/torch_transformer.py (nn.TransformerEncoder, open_clip-style tokens): per-sample
+    Grams equal one autograd call per sample and loss, with no fallback."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_transformer.py"
+    spec = importlib.util.spec_from_file_location("torch_transformer", path)
+    assert spec is not None and spec.loader is not None
+    workload = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workload)
+    model, batch = workload.build(3)
+    model.double()
+    batch = {m: x.double() if x.is_floating_point() else x for m, x in batch.items()}
+    tower = model.towers["video"]
+    harmonizer = Harmonizer("pcgrad", "parameters")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        with harmonizer.capture(tower):
+            losses, anchor = model(batch)
+        stats = harmonizer.backward(losses, anchor, retain_graph=True)
+    params = [p for p in tower.parameters() if p.requires_grad]
+    u = [torch.autograd.grad(loss, anchor, retain_graph=True)[0] for loss in losses.values()]
+    per_sample = torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.cat(
+                        [
+                            (g if g is not None else torch.zeros_like(p)).flatten()
+                            for g, p in zip(
+                                torch.autograd.grad(
+                                    anchor[i], params, uk[i], retain_graph=True, allow_unused=True
+                                ),
+                                params,
+                                strict=True,
+                            )
+                        ]
+                    )
+                    for uk in u
+                ]
+            )
+            for i in range(len(anchor))
+        ]
+    )
+    want = per_sample @ per_sample.transpose(1, 2)
+    assert torch.allclose(stats.gram, want, atol=1e-10, rtol=1e-9)

@@ -142,6 +142,20 @@ def attend(module: nn.MultiheadAttention, name: str, record: Callable[[Call], No
     return forward
 
 
+def _self_attention(module: nn.MultiheadAttention, traced: list[Traced]) -> bool:
+    """Every call attends over its own input, with gradients at all three trainable projections."""
+    weight = module.in_proj_weight
+    if not (module._qkv_same_embed_dim and weight is not None and weight.requires_grad):
+        return False
+    for t in traced:
+        grads = dict(zip(t.call.positions, t.grads, strict=True))
+        if not (t.call.args[0] is t.call.args[1] is t.call.args[2]):
+            return False
+        if any(grads.get(j) is None for j in range(3)):
+            return False
+    return True
+
+
 def attention_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
     """Four linear layers: rows are each projection's inputs, over all calls (cross terms kept)."""
     assert isinstance(module, nn.MultiheadAttention)
@@ -157,8 +171,19 @@ def attention_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) 
             for k in range(tasks):
                 grads[j][k].append(g[k].reshape(batch, -1, g[k].shape[-1]))
     gram = torch.zeros(batch, tasks, tasks, dtype=dtype, device=on_path[0].device)
-    for j, (weight, bias) in enumerate(_parameters(module)):
-        if not inputs[j]:
+    projections = _parameters(module)
+    if _self_attention(module, traced):  # one input: one Gram of the whole [3E, E] in_proj_weight
+        weight, bias = projections[0]
+        d = [
+            torch.cat([torch.cat(grads[j][k], 1) for j in range(3)], -1).to(dtype)
+            for k in range(tasks)
+        ]
+        gram = gram + linear_weight_gram(torch.cat(inputs[0], 1).to(dtype), d)
+        if bias is not None:
+            gram = gram + flat_gram([dk.sum(1) for dk in d])
+        projections = [(None, None)] * 3 + projections[3:]
+    for j, (weight, bias) in enumerate(projections):
+        if not inputs[j] or (weight is None and bias is None):
             continue
         d = [torch.cat(parts, 1).to(dtype) for parts in grads[j]]
         if weight is not None:

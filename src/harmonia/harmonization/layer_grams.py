@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
+from torch.nn.grad import conv1d_weight, conv2d_weight, conv3d_weight
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from harmonia.harmonization.calls import Call, unit_parameters
@@ -141,65 +142,67 @@ def covered_conv(module: nn.Module) -> bool:
     return any(_forward_is(module, cls) for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
 
 
-def conv_patches(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor) -> Tensor:
-    """The input patch under the kernel at every output position (im2col in any dimension).
+_CONV_WEIGHT_GRAD = {1: conv1d_weight, 2: conv2d_weight, 3: conv3d_weight}
 
-    ``[B, C, *grid] -> [B, positions, groups, C / groups * kernel volume]``, ordered like the
-    output's flattened grid and like each group's flattened weight ``[C / groups, *kernel]``.
+
+def conv_weight_grads(
+    module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, d: Sequence[Tensor]
+) -> Tensor:
+    """Per-sample, per-loss weight gradients ``[b, M, weight entries]`` of a conv call.
+
+    One grouped weight-gradient convolution computes all of them: the samples are folded into
+    the channels (``[1, b C, *grid]``), each sample's output gradients for every loss form one
+    group of output channels, and ``groups = b * module.groups`` keeps samples (and the
+    module's own groups) apart. Padding of any mode is applied to the input first.
     """
+    batch, tasks, groups = x.shape[0], len(d), module.groups
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
     x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    dims = len(module.kernel_size)
-    for i, (size, stride, dilation) in enumerate(
-        zip(module.kernel_size, module.stride, module.dilation, strict=True)
-    ):
-        x = x.unfold(2 + i, (size - 1) * dilation + 1, stride)[..., ::dilation]
-    # [B, C, *out_grid, *kernel] -> [B, *out_grid, C, *kernel]
-    order = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
-    x = x.permute(order)
-    batch, channels = x.shape[0], x.shape[1 + dims]
-    return x.reshape(batch, -1, module.groups, channels // module.groups * _volume(module))
-
-
-def _volume(module: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> int:
-    volume = 1
-    for size in module.kernel_size:
-        volume *= size
-    return volume
+    grid = d[0].shape[2:]
+    per_group = module.out_channels // groups
+    # [b, M, O, *grid] -> [b, groups, M, O / groups, *grid] -> one row of channels
+    g = torch.stack(list(d), 1).reshape(batch, tasks, groups, per_group, *grid).transpose(1, 2)
+    weight = _CONV_WEIGHT_GRAD[len(module.kernel_size)](
+        x.reshape(1, -1, *x.shape[2:]),
+        (batch * tasks * module.out_channels, module.in_channels // groups, *module.kernel_size),
+        g.reshape(1, -1, *grid),
+        stride=module.stride,
+        padding=0,
+        dilation=module.dilation,
+        groups=batch * groups,
+    )
+    return weight.reshape(batch, groups, tasks, -1).transpose(1, 2).reshape(batch, tasks, -1)
 
 
 def conv_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
-    """``nn.Conv1d/2d/3d``: per group, a linear layer over unfolded input patches.
-
-    The per-sample weight gradient of group ``g`` is ``sum_p d_pg a_pg^T`` over output positions
-    ``p``, with ``a_pg`` the group's input patch under the kernel at ``p`` (im2col), so
-    `linear_weight_gram` applies with positions as rows; the groups' weights are disjoint, so
-    their Grams add. The bias gradient is ``sum_p d_p``. Patches are built a chunk of samples at
-    a time, since they hold the input about kernel-volume times over.
+    """``nn.Conv1d/2d/3d`` (any kernel, stride, dilation, padding, groups): materialized per-sample
+    weight gradients (`conv_weight_grads`), a chunk of samples at a time, and ``sum_p d_p``
+    over output positions for the bias. Several calls of one module add their gradients.
     """
     assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
     on_path = traced[0].grad
-    batch, tasks, groups = on_path[0].shape[0], len(on_path), module.groups
-    per_sample = _volume(module) * sum(_input(t.call)[0].numel() for t in traced)
-    chunk = max(1, MATERIALIZE_BUDGET // max(1, per_sample))
-    out_group = module.out_channels // groups
-
-    def shape(g: Tensor) -> Tensor:  # [b, O, *grid] -> [b, positions, O]
-        return g.flatten(2).transpose(1, 2)
-
-    train_weight = module.weight.requires_grad
+    batch, tasks = on_path[0].shape[0], len(on_path)
+    chunk = max(1, MATERIALIZE_BUDGET // (tasks * module.weight.numel()))
     parts = []
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
-        d = [_cat([shape(t.grad[k][rows]) for t in traced], 1).to(dtype) for k in range(tasks)]
-        gram = flat_gram([dk.sum(1) for dk in d]) if _trainable_bias(module) else None
-        if train_weight:
-            a = _cat([conv_patches(module, _input(t.call)[rows].to(dtype)) for t in traced], 1)
-            for g in range(groups):
-                block = [dk[..., g * out_group : (g + 1) * out_group] for dk in d]
-                term = linear_weight_gram(a[:, :, g], block)
-                gram = term if gram is None else gram + term
-        parts.append(gram if gram is not None else d[0].new_zeros(d[0].shape[0], tasks, tasks))
+        flat = []
+        if module.weight.requires_grad:
+            weight = sum(
+                conv_weight_grads(
+                    module, _input(t.call)[rows].to(dtype), [g[rows].to(dtype) for g in t.grad]
+                )
+                for t in traced
+            )
+            flat.append(weight)
+        if _trainable_bias(module):
+            bias = sum(
+                torch.stack([g[rows].to(dtype) for g in t.grad], 1).flatten(3).sum(-1)
+                for t in traced
+            )
+            flat.append(bias)
+        per_loss = torch.cat(flat, -1)  # type: ignore[arg-type]
+        parts.append(flat_gram(list(per_loss.unbind(1))))
     return _cat(parts, 0)
 
 
