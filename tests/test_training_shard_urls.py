@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from dataset_edits import rewrite_index
+from faults import child_env
 from harmonia.cli import main
 from harmonia.data import shard_urls
 from harmonia.data.shard_urls import ShardUrlError, expand_urls
@@ -25,6 +26,7 @@ from harmonia.errors import ConfigError, DataError
 from harmonia.training.batches import LoaderFailure
 from harmonia.training.config import load_train_config
 from harmonia.training.stream import StreamBatches
+from launch import harmonia_torchrun
 from test_training_stream import STREAM, max_deviation, rewind
 
 SHARDS = 6
@@ -91,6 +93,23 @@ def test_a_run_on_shard_urls_resumes_bit_exactly(
     rewind(half, 9)  # resume at step 9, cross the epoch boundary at 12
     assert train(sharded, half, braces(bucket), "--resume") == 0
     assert max_deviation(half, url_run) == 0.0
+
+
+def test_under_torchrun_the_ranks_split_url_shards_like_the_datasets_own(
+    sharded: Path, bucket: Path, tmp_path: Path
+) -> None:
+    """2 ranks, 3 shards each, 6 steps per epoch either way: 8 steps give the same weights."""
+
+    def torchrun(out: Path, *extra: str) -> None:
+        args = ["train", "demo", "--data", str(sharded), *STREAM, "--out", str(out)]
+        more = ["train.steps=8", "data.num_workers=1", *extra]
+        proc = harmonia_torchrun(2, [*args, *more], child_env())
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+
+    torchrun(tmp_path / "own")
+    torchrun(tmp_path / "urls", f"data.train_shards={braces(bucket)}", "data.train_samples=48")
+    assert max_deviation(tmp_path / "urls", tmp_path / "own") == 0.0
 
 
 def test_an_epoch_on_urls_is_train_samples_over_ranks_and_batch(
