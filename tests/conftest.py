@@ -56,3 +56,13 @@ def tiny_dataset(
     out = tmp_path_factory.mktemp("avmnist") / "tiny"
     build_dataset(tiny_config, data_source, out, workers=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def sharded(tmp_path_factory: pytest.TempPathFactory, data_source: SourceData) -> Path:
+    """The tiny dataset in shards of 8 clips (6 training shards: enough for 2 ranks), for the
+    streaming tests. Treat it as read-only."""
+    out = tmp_path_factory.mktemp("stream") / "tiny8"
+    config = BuildConfig(seed=0, sizes=dict(TINY_SIZES), noise=TINY_NOISE, shard_size=8)
+    build_dataset(config, data_source, out, workers=2, progress=False)
+    return out

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 from faults import child_env
 from harmonia.cli import main
-from harmonia.data import BuildConfig, SourceData, build_dataset
 from harmonia.data.streaming import StreamingDataset
 from harmonia.errors import ConfigError
 from harmonia.training.config import load_train_config
@@ -41,16 +40,6 @@ STREAM = [
     "train.progress=false",
     "eval.batch_size=16",
 ]
-
-
-@pytest.fixture(scope="module")
-def sharded(tmp_path_factory: pytest.TempPathFactory, data_source: SourceData) -> Path:
-    """The tiny dataset in shards of 8 clips (6 training shards: enough for 2 ranks)."""
-    out = tmp_path_factory.mktemp("stream") / "tiny8"
-    sizes = {"train": 48, "val": 16, "test": 16}
-    build_dataset(BuildConfig(seed=0, sizes=sizes, noise=0.25, shard_size=8), data_source, out,
-                  workers=2, progress=False)  # fmt: skip
-    return out
 
 
 def rewind(run: Path, to_step: int) -> None:

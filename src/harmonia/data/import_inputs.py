@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harmonia.data.shards import expand_braces
 from harmonia.data.subtitles import embedded, read_sidecar, sidecar
 from harmonia.data.transcode import MediaRefused
 from harmonia.errors import DataError
@@ -244,22 +245,6 @@ def subtitle_candidates(
 
 
 # ---------------------------------------------------------------------- WebDataset shards
-def expand_braces(pattern: str) -> list[str]:
-    """``a{00..02}b`` -> a00b, a01b, a02b; ``{x,y}`` -> x, y (nested and repeated)."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if match is None:
-        return [pattern]
-    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
-    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if numeric:
-        lo, hi = numeric.group(1), numeric.group(2)
-        width = len(lo) if lo.startswith("0") else 0
-        choices = [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
-    else:
-        choices = body.split(",")
-    return [name for choice in choices for name in expand_braces(head + choice + tail)]
-
-
 def shard_candidates(patterns: Sequence[str]) -> Iterator[Candidate | Refusal]:
     """The clips of video2dataset-style shards: ``{key}.mp4`` + ``.txt`` / ``.json`` captions."""
     for pattern in patterns:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Sequence
@@ -52,6 +53,22 @@ def open_shard(root: Path, name: object) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a{00..02}b`` -> a00b, a01b, a02b; ``{x,y}`` -> x, y (nested and repeated)."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        lo, hi = numeric.group(1), numeric.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        choices = [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+    else:
+        choices = body.split(",")
+    return [name for choice in choices for name in expand_braces(head + choice + tail)]
 
 
 def shard_name(split: str, number: int) -> str:

@@ -3,6 +3,10 @@
 Shards are shuffled per epoch (same order on every node and worker), split between nodes
 (torch.distributed rank) and DataLoader workers, read sequentially, shuffled in a buffer of
 encoded samples, decoded and batched. Corrupt members become skip records that ride along with the next batch.
+
+The shards are a split's own (names from the dataset's index, opened as plain files inside the
+dataset) or URLs the user wrote (``urls``: opened by WebDataset, ``pipe:`` commands included;
+see `harmonia.data.shard_urls`).
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 import random
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from harmonia.data.index import load_media_spec, load_summary, read_index, split_shards
 from harmonia.data.samples import CorruptSample, collate, decode_members, is_skip, skip_record
+from harmonia.data.shard_urls import open_url
 from harmonia.data.shards import open_shard
 from harmonia.errors import DataError
 
@@ -27,6 +33,10 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
 
     Items are as for ShardDataset; batches as `collate` makes them. Call set_epoch(e) before each
     epoch to change the shard and sample order (like DistributedSampler).
+
+    With ``urls`` (written by the user, e.g. `shard_urls.expand_urls` of ``data.train_shards``)
+    those shards are read instead of the split's, and ``num_samples`` says how many samples they
+    hold; ``root`` still gives the media spec. ``split`` is then not read.
     """
 
     def __init__(
@@ -38,26 +48,24 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
         shuffle: bool = True,
         buffer: int = 1000,
         seed: int = 0,
+        urls: Sequence[str] | None = None,
+        num_samples: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root)
         self.spec = load_media_spec(self.root)
-        summary = load_summary(self.root)
-        splits = [split] if isinstance(split, str) else list(split)
-        missing = [s for s in splits if s not in summary["splits"]]
-        if missing:
-            raise DataError(
-                f"{self.root} has no split {missing[0]!r} (has {', '.join(summary['splits'])})"
-            )
-        records = read_index(self.root, splits)
-        self.shards: list[str] = [
-            s for name in splits for s in split_shards(root, name, records, summary)
-        ]
-        self.num_samples = sum(int(summary["splits"][name]["samples"]) for name in splits)
-        self.shard_samples: dict[str, int] = {name: 0 for name in self.shards}
-        """Samples per shard, from the index (what each rank and worker will read)."""
-        for record in records:
-            self.shard_samples[record["shard"]] = self.shard_samples.get(record["shard"], 0) + 1
+        self.from_urls = urls is not None
+        """The shards are user-written URLs (opened by WebDataset), not the dataset's files."""
+        self.shard_samples: dict[str, int] | None = None
+        """Samples per shard, from the index (what each rank and worker will read); None for
+        URLs, whose counts are not known before reading them."""
+        if urls is not None:
+            if num_samples is None or not urls:
+                raise DataError("shard URLs need at least one URL and their number of samples")
+            self.shards: list[str] = list(urls)
+            self.num_samples = num_samples
+        else:
+            self.shards, self.num_samples, self.shard_samples = _split_shards(self.root, split)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.buffer = buffer
@@ -69,7 +77,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
 
     def epoch_shards(self, epoch: int) -> list[str]:
         """The shard order of ``epoch`` (before the split between ranks and workers)."""
-        urls = list(self.shards)  # names inside the root, opened as plain files (_read_shards)
+        urls = list(self.shards)  # the root's files or the user's URLs, as `_open` tells
         if self.shuffle:
             random.Random(self.seed + epoch).shuffle(urls)
         return urls
@@ -90,6 +98,12 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             stages.append(self._batches)
         return iter(wds.DataPipeline(*stages))
 
+    def _open(self, shard: str) -> AbstractContextManager[BinaryIO]:
+        """A shard for reading: a user's URL by WebDataset (ShardUrlError when it cannot be
+        opened or its command fails), a name from the dataset's own files as a plain file
+        inside the root, never run or followed outside it."""
+        return open_url(shard) if self.from_urls else open_shard(self.root, shard)
+
     def _read_shards(self, sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Group tar members by key: {"__key__", "__shard__", ext: bytes}; read errors -> skip records."""
         seen: set[str] = set()
@@ -99,7 +113,7 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
             current: dict[str, Any] | None = None
             try:
                 with (
-                    open_shard(self.root, shard) as stream,
+                    self._open(shard) as stream,
                     tarfile.open(fileobj=stream, mode="r|") as tar,
                 ):
                     for info in tar:
@@ -154,6 +168,21 @@ class StreamingDataset(IterableDataset[dict[str, Any]]):
                 pending, count = [], 0
         if pending:
             yield collate(pending, self.spec)
+
+
+def _split_shards(root: Path, split: str | Sequence[str]) -> tuple[list[str], int, dict[str, int]]:
+    """The shards of some splits as the summary lists them, their samples, samples per shard."""
+    summary = load_summary(root)
+    splits = [split] if isinstance(split, str) else list(split)
+    missing = [s for s in splits if s not in summary["splits"]]
+    if missing:
+        raise DataError(f"{root} has no split {missing[0]!r} (has {', '.join(summary['splits'])})")
+    records = read_index(root, splits)
+    shards = [s for name in splits for s in split_shards(root, name, records, summary)]
+    counts = {name: 0 for name in shards}
+    for record in records:
+        counts[record["shard"]] = counts.get(record["shard"], 0) + 1
+    return shards, sum(int(summary["splits"][name]["samples"]) for name in splits), counts
 
 
 def make_stream_loader(

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from harmonia.data.shard_urls import ShardUrlError, expand_urls
 from harmonia.data.streaming import StreamingDataset
-from harmonia.errors import ConfigError
+from harmonia.errors import ConfigError, DataError
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.curriculum import build_curriculum
 from harmonia.harmonization.ledger import ConflictLedger
@@ -150,16 +151,19 @@ def build_run(
             dataset_dir, cfg.data.train_split, cache=cfg.data.cache, exclude=dropped
         )
     )
-    size = (
-        len(train_set)
-        if train_set is not None
-        else train_data.split_size(dataset_dir, cfg.data.train_split)
-    )
+    if cfg.data.train_samples is not None:
+        size, where = cfg.data.train_samples, "data.train_samples"
+    else:
+        size = (
+            len(train_set)
+            if train_set is not None
+            else train_data.split_size(dataset_dir, cfg.data.train_split)
+        )
+        where = f"samples of split '{cfg.data.train_split}' in {dataset_dir}"
     if size < cfg.data.batch_size * ctx.world_size:
         per = f" x {ctx.world_size} processes" if ctx.is_distributed else ""
         raise ConfigError(
-            f"data.batch_size: {cfg.data.batch_size}{per} is more than the {size} "
-            f"samples of split '{cfg.data.train_split}' in {dataset_dir}"
+            f"data.batch_size: {cfg.data.batch_size}{per} is more than the {size} {where}"
         )
     train_data.check_model_inputs(dataset_dir, cfg.model)
     val_skipped: dict[str, dict[str, str]] = {}
@@ -174,6 +178,12 @@ def build_run(
     # ---- model (vocabulary from the training captions), losses, harmonizer, ledger
     if checkpoint is None:
         captions = train_data.split_captions(dataset_dir, cfg.data.train_split)
+        if not captions and cfg.data.train_shards is not None:
+            raise DataError(
+                f"data.train_shards: the vocabulary is built from the captions of split "
+                f"'{cfg.data.train_split}' in {dataset_dir}, and none could be read there: keep "
+                "that split's shards in the dataset folder too"
+            )
         net = VATT(cfg.model, WordTokenizer.build(captions))
     else:
         net = VATT.from_pretrained(checkpoint.path)
@@ -264,13 +274,22 @@ def build_run(
 
 
 def _streamed(cfg: TrainConfig, root: Path, ctx: DistributedContext) -> StreamBatches:
-    """The training split read in sequence: shards per rank and worker, a shuffle buffer."""
+    """The training split read in sequence: shards per rank and worker, a shuffle buffer;
+    the shards of ``data.train_shards`` when the user gave URLs."""
+    urls = None
+    if cfg.data.train_shards is not None:
+        try:
+            urls = expand_urls(cfg.data.train_shards)
+        except ShardUrlError as err:
+            raise ConfigError(f"data.train_shards: {err}") from None
     dataset = StreamingDataset(
         root,
         cfg.data.train_split,
         batch_size=cfg.data.batch_size,
         buffer=cfg.data.stream_buffer,
         seed=cfg.train.seed,
+        urls=urls,
+        num_samples=cfg.data.train_samples,
     )
     try:
         return StreamBatches(
@@ -281,7 +300,8 @@ def _streamed(cfg: TrainConfig, root: Path, ctx: DistributedContext) -> StreamBa
             pin_memory=ctx.device.type == "cuda",
         )
     except ValueError as err:
-        raise ConfigError(f"data.streaming: {err}") from None
+        field = "data.streaming" if urls is None else "data.train_shards"
+        raise ConfigError(f"{field}: {err}") from None
 
 
 def with_data_dir(cfg: TrainConfig, data_dir: str | Path | None) -> TrainConfig:

@@ -78,12 +78,43 @@ class DataConfig:
     replays its epoch's batches up to the saved position (docs/training.md)."""
     stream_buffer: int = 1000
     """Encoded samples in the streaming shuffle buffer (1: no sample shuffle)."""
+    train_shards: str | None = None
+    """Stream the training shards from these URLs instead of the dataset's folder (with
+    `streaming`), as open_clip's ``--train-data``: brace patterns
+    (``/big/train-{000000..000099}.tar``), globs, ``pipe:`` commands
+    (``pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -``), several joined by ``::``.
+    The shards are in harmonia's format (copies of a dataset's training shards); the dataset
+    folder still gives the media spec, the vocabulary (its training captions) and validation."""
+    train_samples: int | None = None
+    """The samples the `train_shards` hold, all ranks together (required with them): an epoch
+    is train_samples // (ranks x batch_size) steps."""
 
     def validate(self) -> None:
         check(bool(self.dir), "dir", "expected a dataset directory, got ''")
         require_positive(self, "batch_size")
         require_non_negative(self, "num_workers")
         require_positive(self, "stream_buffer")
+        if self.train_shards is not None:
+            check(bool(self.train_shards.strip()), "train_shards", "expected shard URLs, got ''")
+            check(
+                self.streaming,
+                "train_shards",
+                "needs data.streaming: true (the shards at these URLs are read in sequence)",
+            )
+            check(
+                self.train_samples is not None,
+                "train_samples",
+                "required with data.train_shards: the number of samples those shards hold "
+                "(an epoch is train_samples // (ranks x batch_size) steps)",
+            )
+        if self.train_samples is not None:
+            require_positive(self, "train_samples")
+            check(
+                self.train_shards is not None,
+                "train_samples",
+                "counts the samples of data.train_shards; the dataset's own shards are "
+                "counted from its index",
+            )
         check(
             not (self.streaming and self.cache),
             "cache",
