@@ -118,8 +118,10 @@ def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
     Ghost inner products cost about ``T^2 (P O + I)`` operations per sample (``P`` pairs of
     losses), materialized gradients ``M T O I`` plus memory-bound passes over ``(M + P) O I``
     entries (weighted 4x); the cheaper one is used, materializing in chunks of samples to bound
-    memory.
+    memory. Rows no loss sends gradient to in any sample are left out first (after the last
+    attention only the pooled token's row reaches the anchor; tokens dropped later carry none).
     """
+    a, d = _rows_with_gradient(a, d)
     tasks = len(d)
     batch, steps, width_out = d[0].shape
     width_in = a.shape[-1]
@@ -135,6 +137,15 @@ def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
         per_sample = [(a_part @ dk[start : start + chunk]).flatten(1) for dk in d]
         parts.append(flat_gram(per_sample))
     return _cat(parts, 0)
+
+
+def _rows_with_gradient(a: Tensor, d: Sequence[Tensor]) -> tuple[Tensor, Sequence[Tensor]]:
+    """``a``, ``d`` without the rows ``t`` where every ``d[k][:, t]`` is zero (they add nothing)."""
+    live = torch.stack([dk.ne(0).any(-1).any(0) for dk in d]).any(0)
+    if bool(live.all()):
+        return a, d
+    index = live.nonzero().squeeze(1)
+    return a[:, index], [dk[:, index] for dk in d]
 
 
 def covered_conv(module: nn.Module) -> bool:
