@@ -10,6 +10,7 @@ meaningful on a machine shared with other jobs; ``--clock wall`` measures wall t
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_harmonizer.py --batch-sizes 32 128
 
 ``--breakdown`` also times the pieces of a ``parameters``-space step (median ms per piece);
+``--memory`` adds each variant's peak memory growth during one step;
 ``--workload torch-transformer`` (or ``both``) times the tri-modal ``nn.TransformerEncoder`` of
 `torch_transformer` instead, a model written the way PyTorch users write one.
 """
@@ -36,6 +37,7 @@ from harmonia.harmonization.spaces import compute_dtype, trace
 from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
+from harness import peak_rss_growth_mb
 
 Step = Callable[[], None]
 DEFAULT_GRID = (
@@ -51,9 +53,12 @@ TRANSFORMER_GRID = [("embedding", "none"), ("parameters", "none"), ("parameters"
 """(space, method) pairs timed on the nn.TransformerEncoder workload."""
 
 
-def build(batch_size: int, size: str) -> tuple[VATT, ContrastiveObjective, dict[str, Any]]:
+def build(
+    batch_size: int, size: str, **overrides: Any
+) -> tuple[VATT, ContrastiveObjective, dict[str, Any]]:
+    """The VATT of ``size`` (config ``overrides`` merged in) in train mode, its losses, a batch."""
     torch.manual_seed(0)
-    config = ModelConfig.named(size)
+    config = ModelConfig.named(size, **overrides)
     model = VATT(config, WordTokenizer.build([" ".join(WORDS)]))
     model.train()
     return (
@@ -238,6 +243,15 @@ def vatt_breakdown(
     return breakdown(run, clear, model.anchor_encoder(), repeats, clock)
 
 
+def memory(steps: dict[str, Step], baseline: str) -> list[str]:
+    """Peak resident-set growth of one step per variant (`harness.peak_rss_growth_mb`)."""
+    grown = {name: peak_rss_growth_mb(step) for name, step in steps.items()}
+    lines = [f"{'variant':<26} {'MiB':>8} {'ratio':>6}"]
+    for name, mib in grown.items():
+        lines.append(f"{name:<26} {mib:>8.0f} {mib / grown[baseline]:>5.2f}x")
+    return lines
+
+
 def transformer_breakdown(
     model: torch_transformer.TriModal,
     batch: dict[str, torch.Tensor],
@@ -268,6 +282,9 @@ def main() -> None:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--no-torchjd", action="store_true", help="skip the torchjd reference")
     parser.add_argument("--breakdown", action="store_true", help="time a parameters step's pieces")
+    parser.add_argument(
+        "--memory", action="store_true", help="peak RSS growth of one step of each variant"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -290,6 +307,9 @@ def main() -> None:
             times = measure(steps, args.repeats, args.warmup, clock)
             print(f"\n{title}, B={batch_size}")
             print("\n".join(report(times, "plain backward")))
+            if args.memory:
+                print(f"\n{title}, B={batch_size}, peak RSS growth of one step (MiB, vs plain)")
+                print("\n".join(memory(steps, "plain backward")))
             if not args.breakdown:
                 continue
             print(f"\n{title}, B={batch_size}, parameters space, pieces of one step (median)")
