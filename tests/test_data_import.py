@@ -268,9 +268,11 @@ def test_a_symlink_out_of_the_folder_and_bad_tables_are_refused(
     folder = tmp_path / "folder"
     folder.mkdir()
     os.symlink(media / "h264.mp4", folder / "link.mp4")
-    table = write_table(tmp_path / "t.csv", [{"path": "link.mp4", "caption": "x"}])
-    (refusal,) = list(table_candidates(folder, table))
-    assert refusal.reason == "the path leaves the folder (refused, not followed)"
+    os.symlink(folder / "loop.mp4", folder / "loop.mp4")
+    rows = [{"path": name, "caption": "x"} for name in ("link.mp4", "loop.mp4", "nul\0.mp4")]
+    table = write_table(tmp_path / "t.jsonl", rows)
+    reasons = [r.reason for r in table_candidates(folder, table)]  # a loop, a NUL: no crash
+    assert reasons == ["the path leaves the folder (refused, not followed)"] * 3
     latin = tmp_path / "latin.csv"
     latin.write_bytes("path,caption\nh264.mp4,caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
@@ -373,10 +375,13 @@ def test_every_timed_caption_becomes_a_clip_with_its_neighbours_as_candidates(
     inside = clips["inside_mkv_00001"]
     assert (inside.start, inside.end) == pytest.approx((1.6, 2.9))
     assert clips["inside_mkv_00000"].metadata == {"segment": 0, "caption_source": "stream"}
-    summary = import_dataset(iter(found), tmp_path / "out", progress=False)
+    summary = import_dataset(iter(found), tmp_path / "out", folder=folder, progress=False)
     assert summary["samples"] == 4 and summary["import"]["skipped"] == 3
+    assert summary["import"]["folder"] == str(folder.resolve())
     by_id = {r["id"]: r for r in read_index(tmp_path / "out")}
     assert by_id["talk_mp4_00001"]["caption_span"] == [1.6, 2.9]
+    assert by_id["talk_mp4_00001"]["file"] == "talk.mp4"  # the file; the segment is metadata
+    assert by_id["talk_mp4_00001"]["metadata"]["segment"] == 1
     assert by_id["talk_mp4_00001"]["start"] == pytest.approx(1.25)  # centred on the caption
 
 
@@ -463,7 +468,16 @@ def test_import_then_train_on_the_imported_clips(
     assert "zero_shot/digit" in evaluated["skipped_metrics"]
     assert main(["audit", str(run)]) == 0
     page = (run / "audit.html").read_text()
-    assert "file <bdi>h264.mp4</bdi>" in page or "file <bdi>vp9.webm</bdi>" in page
+    # the most suspect clip links to its source file, played at the clip's span
+    assert load_summary(out)["import"]["folder"] == str(media.resolve())
+    ledger_ids = [line.split(",")[0] for line in (run / "ledger.csv").read_text().splitlines()[1:]]
+    record = next(r for r in read_index(out) if r["id"] == ledger_ids[0])
+    assert record["end"] == record["start"] + SPEC.seconds
+    href = f"{(media / record['file']).resolve().as_uri()}#t={record['start']:g},{record['end']:g}"
+    link = f'<a href="{href}" target="_blank" rel="noopener noreferrer"><bdi>{record["file"]}</bdi>'
+    suspects = page.split('id="suspects"')[1]
+    assert link in suspects.split("<tbody><tr>")[1].split("</tr>")[0]  # in the first row
+    assert suspects.count('<a href="file:') == len(ledger_ids)  # every suspect shown
     clean = tmp_path / "clean"
     assert main(["data", "filter", str(run), "--out", str(clean), "--drop-fraction", "0.25"]) == 0
     train_ids = {r["id"] for r in read_index(out, "train")}
@@ -472,8 +486,7 @@ def test_import_then_train_on_the_imported_clips(
         dropped = [row["id"] for row in csv.DictReader(fh)]
     assert len(dropped) == round(0.25 * len(train_ids)) > 0
     assert kept == train_ids - set(dropped)
-    ledger = [line.split(",")[0] for line in (run / "ledger.csv").read_text().splitlines()[1:]]
-    assert dropped == [i for i in ledger if i in train_ids][: len(dropped)]  # most suspected
+    assert dropped == [i for i in ledger_ids if i in train_ids][: len(dropped)]  # most suspected
     assert {r["id"] for r in read_index(clean, "val")} == {r["id"] for r in read_index(out, "val")}
     assert main(["data", "verify", str(clean)]) == 0
     again = tmp_path / "again"

@@ -1,6 +1,7 @@
 """Hostile outputs and run files: output paths that are not regular files, read-only and full
 disks, run-directory files cut short, nested too deeply or made of YAML aliases, symlinked
-checkpoints, ids and metric names made to fool a spreadsheet, a browser or matplotlib.
+checkpoints, ids, metric names and source file names made to fool a spreadsheet, a browser or
+matplotlib.
 
 Every case ends in a result or a one-line error (no traceback), leaves no temporary file behind
 and leaves special files (FIFOs, devices, symbolic links) as they were.
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import csv
 import errno
+import html
 import json
 import os
 import pathlib
 import re
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
@@ -406,3 +410,94 @@ def test_metric_names_with_dollars_are_plotted_literally(tmp_path: Path) -> None
     out = build_audit(run)
     assert out.html.read_text(encoding="utf-8").count('src="data:image/png;base64,') >= 4
     assert plots.plain_label("loss $\\frac{x$") == "loss \\$\\frac{x\\$"
+
+
+# --------------------------------------------------------------------- D18: source file names
+HOSTILE_NAME = "a \"q\" 'c' <script>alert(1)<img src=x onerror=alert(2)> #t=0?x=1&y=2 \u00e9.mp4"
+LINKED = (HOSTILE_NAME, "javascript:alert(1)", "sub dir/\u2713 caf\u00e9.mp4")
+"""Names inside the source folder, each linked."""
+
+
+def imported_run(tmp_path: Path, files: Sequence[object], summary: dict[str, Any]) -> Path:
+    """A run ranking one clip per entry of ``files`` (its index ``file``, spanning 1.5-3.5 s,
+    the first the most suspect) and a dataset, without media, whose summary is ``summary``."""
+    ids = [f"clip{n}" for n in range(len(files))]
+    run = small_run(tmp_path / "run", ids)
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    member = {"mp4": {"offset": 0, "size": 1, "sha256": "0"}}
+    records = [
+        {"id": i, "split": "train", "shard": "s.tar", "members": member, "file": f}
+        | {"start": 1.5, "end": 3.5}
+        for i, f in zip(ids, files, strict=True)
+    ]
+    (dataset / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (dataset / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def file_links(text: str) -> list[str]:
+    """The (unescaped) href of every link on the page that is not to the page itself."""
+    hrefs = [html.unescape(h) for h in re.findall(r'href="([^"]*)"', text)]
+    return [h for h in hrefs if not h.startswith(("#", "data:"))]
+
+
+def test_source_file_names_are_links_inside_the_folder_and_never_markup(tmp_path: Path) -> None:
+    folder = tmp_path / "videos"
+    (folder / "sub dir").mkdir(parents=True)
+    for name in LINKED:
+        (folder / name).write_bytes(b"not really a video")
+    (tmp_path / "outside.mp4").write_bytes(b"secret")
+    (folder / "escape.mp4").symlink_to(tmp_path / "outside.mp4")
+    (folder / "loop.mp4").symlink_to(folder / "loop.mp4")
+    unlinked = [
+        "../outside.mp4",
+        str(tmp_path / "outside.mp4"),
+        "escape.mp4",  # a symlink out of the folder
+        "loop.mp4",  # a symlink to itself
+        "javascript:alert(2)",  # no such file
+        "bad\0name.mp4",
+        7,
+    ]
+    run = imported_run(tmp_path, [*LINKED, *unlinked], {"import": {"folder": str(folder)}})
+    text = build_audit(run, data_dir=tmp_path / "data", media=lambda ids: {}).html.read_text(
+        encoding="utf-8"
+    )
+    assert "<script" not in text and "\0" not in text
+    assert "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;img src=x onerror=alert(2)&gt;" in text  # shown as text
+    links = file_links(text)
+    assert len(links) == len(LINKED)
+    for link, name in zip(links, LINKED, strict=True):  # the most suspect first
+        url = urlsplit(link)
+        assert url.scheme == "file" and url.netloc == "" and url.query == ""
+        assert url.fragment == "t=1.5,3.5"
+        assert Path(unquote(url.path)) == (folder / name).resolve()
+        assert not set(url.path) & set("\"'<>#? :"), url.path
+    assert 'href="javascript' not in text
+    assert "file <bdi>../outside.mp4</bdi>" in text and "file <bdi>7</bdi>" in text
+    assert "file <bdi>bad\\u0000name.mp4</bdi>" in text
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        {},  # built by harmonia data build
+        {"import": {"inputs": {"folder": "videos"}}},  # imported before the folder was recorded
+        {"import": {"folder": "videos"}},  # not absolute
+        {"import": {"folder": ["/"]}},
+        {"import": {"folder": "/\0videos"}},
+    ],
+)
+def test_without_a_recorded_source_folder_the_file_is_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, summary: dict[str, Any]
+) -> None:
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    run = imported_run(tmp_path, ["a.mp4"], summary)
+    text = build_audit(run, data_dir=tmp_path / "data", media=lambda ids: {}).html.read_text(
+        encoding="utf-8"
+    )
+    assert file_links(text) == []
+    assert "file <bdi>a.mp4</bdi>; 1.5&ndash;3.5 s" in text

@@ -1,5 +1,6 @@
-"""Writing a file so that a kill or a full disk never leaves it half-written, and reading JSON
-that someone else may have written.
+"""Writing a file so that a kill or a full disk never leaves it half-written, reading JSON
+that someone else may have written, and following a path someone else named only as far as a
+folder.
 
 Every output file of harmonia goes through `atomic_path` (or `write_atomic`): written under a
 fresh hidden name beside it, then renamed over it; the temporary file is removed whatever fails.
@@ -83,6 +84,17 @@ def parse_json(data: str | bytes) -> Any:
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def inside(root: Path, name: str) -> Path | None:
+    """``root / name`` with ``..`` and symbolic links resolved, or None unless that stays inside
+    ``root`` (a resolved folder): an absolute path, ``..`` or a link that leads out of it, a
+    symlink loop and a name that cannot be a path (a NUL byte) are refused, never followed."""
+    try:
+        path = (root / name).resolve()
+    except (OSError, RuntimeError, ValueError):  # RuntimeError: a loop, before Python 3.13
+        return None
+    return path if path.is_relative_to(root) else None
 
 
 def _reserve(path: Path) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +30,14 @@ from harmonia.audit.html import (
 )
 from harmonia.audit.media import data_uri, thumbnail_strip, wav_bytes
 from harmonia.audit.samples import MediaLookup, SampleMedia, dataset_media
+from harmonia.data.importer import source_folder
+from harmonia.data.index import SUMMARY_FILE as DATA_SUMMARY
 from harmonia.data.index import read_index
 from harmonia.errors import HarmoniaError
 from harmonia.evaluation.labels import CLASS_LABELS, NOISE_FLAGS, has_ground_truth, noise_flag
 from harmonia.evaluation.noise_detection import detection_metrics, precision_at
 from harmonia.evaluation.run_dir import RunDir
-from harmonia.files import parse_json, refuse_special, write_atomic
+from harmonia.files import inside, parse_json, refuse_special, write_atomic
 from harmonia.harmonization.ledger import LedgerEntry
 from harmonia.training.layout import SUMMARY_FILE
 
@@ -42,7 +45,8 @@ LABEL_FIELDS = ("split", *CLASS_LABELS)
 """Index fields copied into the CSV when present."""
 META_FIELDS = ("source", "file", "start", "end")
 """Where a clip came from (AV-MNIST-T's source; an imported video's file and the clip's span in
-seconds), when the index records it: shown beside the clip and copied into the CSV after the
+seconds), when the index records it: shown beside the clip (the file a link that plays the span
+when the dataset records the folder it was imported from) and copied into the CSV after the
 labels."""
 NO_TRUTH = (
     "the dataset index has no misalignment flags ({flags}), so there is no ground truth to "
@@ -86,6 +90,7 @@ def build_audit(
     # whether the dataset records misalignment flags at all (a dataset imported from one's own
     # videos has none): without them the ground-truth parts are left out, saying why
     truth = dataset is None or any(noise_flag(r) is not None for r in index.values())
+    folder = source_folder(_read_json(dataset / DATA_SUMMARY)) if dataset is not None else None
     html_path = Path(out) if out is not None else run.path / "audit.html"
     csv_path = html_path.with_name(html_path.stem + "_scores.csv")
     for path in (html_path, csv_path):
@@ -112,7 +117,7 @@ def build_audit(
         (
             "suspects",
             f"Top-{len(suspects)} suspects",
-            _suspects(suspects, index, found, dataset, truth),
+            _suspects(suspects, index, found, dataset, truth, folder),
         ),
     ]
     meta = f"run <code>{esc(run.path)}</code> &middot; generated {esc(time.strftime('%Y-%m-%d %H:%M'))}"
@@ -346,6 +351,7 @@ def _suspects(
     media: Mapping[str, SampleMedia],
     dataset: Path | None,
     truth: bool = True,
+    folder: Path | None = None,
 ) -> str:
     if not suspects:
         return section("suspects", "Suspected misaligned triplets", _missing("no scored samples"))
@@ -368,7 +374,9 @@ def _suspects(
                 items = "".join(f"<li>{esc(c)}</li>" for c in dict.fromkeys(sample.captions))
                 captions = f'<ul class="caps">{items}</ul>'
         described = "<br>".join(
-            f"<span class='small'>{part}</span>" for part in (labels, _origin(record)) if part
+            f"<span class='small'>{part}</span>"
+            for part in (labels, _origin(record, folder))
+            if part
         )
         rows.append(
             [
@@ -389,6 +397,8 @@ def _suspects(
         note += " No dataset was found for this run, so media and ground truth are missing."
     elif not truth:
         note = f"Lowest ledger scores first. No ground-truth column: {NO_TRUTH}."
+    if folder is not None:
+        note += " Each file links to its source video at the clip's span (#t=start,end)."
     headers = ["#", "sample", "score", "ground truth", "frames", "audio", "captions"]
     body = table(
         [h for h in headers if truth or h != "ground truth"],
@@ -425,19 +435,51 @@ def _describe(record: Mapping[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-def _origin(record: Mapping[str, Any] | None) -> str:
-    """HTML of where the clip came from ('source clips/a.mp4; 12.5-17.5 s'), when recorded."""
+def _origin(record: Mapping[str, Any] | None, folder: Path | None = None) -> str:
+    """HTML of where the clip came from ('file clips/a.mp4; 12.5-17.5 s'), when recorded; the
+    file links to its span (`source_href`) when ``folder`` is the one it was imported from."""
     if not record:
         return ""
     parts = []
     for key in ("source", "file"):
         if record.get(key) is not None:
-            parts.append(f"{key} <bdi>{esc(visible(str(record[key])))}</bdi>")
+            name = f"<bdi>{esc(visible(str(record[key])))}</bdi>"
+            href = source_href(folder, record) if key == "file" and folder is not None else None
+            if href is not None:
+                name = f'<a href="{esc(href)}" target="_blank" rel="noopener noreferrer">{name}</a>'
+            parts.append(f"{key} {name}")
     span = [record.get(k) for k in ("start", "end")]
     if any(v is not None for v in span):
         start, end = (_seconds(v) for v in span)
         parts.append(f"{esc(start)}&ndash;{esc(end)} s")
     return "; ".join(parts)
+
+
+def source_href(folder: Path, record: Mapping[str, Any]) -> str | None:
+    """The ``file:`` URI of a clip's ``file`` inside ``folder`` (resolved) with a W3C media
+    fragment for its span (``file:///videos/a%20b.mp4#t=12.5,17.5``), which a browser plays from
+    start to end; None unless the name stays inside the folder (`inside`) and is a file there."""
+    file = record.get("file")
+    path = inside(folder, file) if isinstance(file, str) else None
+    if path is None or not path.is_file():
+        return None
+    start, end = _time(record.get("start")), _time(record.get("end"))
+    if start is None:
+        return path.as_uri()
+    span = _npt(start) + (f",{_npt(end)}" if end is not None and end > start else "")
+    return f"{path.as_uri()}#t={span}"
+
+
+def _time(value: object) -> float | None:
+    """A time in seconds when ``value`` is a finite number >= 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0.0 <= value < math.inf else None
+
+
+def _npt(seconds: float) -> str:
+    """Seconds as a media fragment writes them (``12.5``: no exponent, at most 3 decimals)."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
 def _seconds(value: object) -> str:

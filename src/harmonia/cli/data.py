@@ -278,6 +278,7 @@ def run_import(args: argparse.Namespace) -> int:
         args.out,
         options,
         describe=describe_inputs,
+        folder=args.folder,
         overwrite=args.overwrite,
         workers=default_workers() if args.workers is None else args.workers,
         progress=not args.quiet,

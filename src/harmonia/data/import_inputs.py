@@ -35,7 +35,7 @@ from harmonia.data.shards import expand_braces
 from harmonia.data.subtitles import embedded, read_sidecar, sidecar
 from harmonia.data.transcode import MediaRefused
 from harmonia.errors import DataError
-from harmonia.files import parse_json
+from harmonia.files import inside, parse_json
 
 MAX_TABLE_BYTES = 1 << 30
 MAX_MEMBER_BYTES = 1 << 30
@@ -53,12 +53,16 @@ class Candidate:
     key: str
     captions: tuple[str, ...]
     source: str
-    """The file as the user named it (a path relative to the folder, or ``shard:member``)."""
+    """The file as the user named it (a path relative to the folder, ``shard:member``, or a
+    timed caption's ``file#segment``), in messages and, without ``file``, in the index."""
     path: Path | None = None
     data: bytes | None = None
     start: float = 0.0
     end: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    file: str | None = None
+    """The media file relative to the folder when ``source`` says more (a timed caption's
+    segment): the index's ``file``, which `harmonia audit` links to."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,8 @@ def _candidate(root: Path, row: Mapping[str, Any], where: str) -> Candidate | Re
     raw = row.get("path")
     if not isinstance(raw, str) or not raw.strip():
         return Refusal(where, "no path")
-    path = (root / raw).resolve()
-    if not path.is_relative_to(root):
+    path = inside(root, raw)
+    if path is None:
         return Refusal(f"{where} ({raw})", "the path leaves the folder (refused, not followed)")
     if not path.is_file():
         return Refusal(f"{where} ({raw})", "no such file")
@@ -208,7 +212,7 @@ def subtitle_candidates(
         raise DataError(f"{folder}: not a folder")
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES):
         name = path.relative_to(root).as_posix()
-        if not path.resolve().is_relative_to(root) or not path.is_file():
+        if inside(root, name) is None or not path.is_file():
             yield Refusal(name, "the path leaves the folder (refused, not followed)")
             continue
         try:
@@ -241,6 +245,7 @@ def subtitle_candidates(
                 start=segment.start,
                 end=segment.end,
                 metadata={"segment": number, "caption_source": "sidecar" if side else "stream"},
+                file=name,
             )
 
 

@@ -17,7 +17,7 @@ import multiprocessing
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +91,16 @@ def import_dataset(
     options: ImportOptions | None = None,
     *,
     describe: dict[str, Any] | None = None,
+    folder: Path | str | None = None,
     overwrite: bool = False,
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Import ``inputs`` into the dataset ``out``; returns its summary (also out/summary.json)."""
+    """Import ``inputs`` into the dataset ``out``; returns its summary (also out/summary.json).
+
+    ``folder``, the folder the clips' files are named relative to, is recorded absolute as the
+    summary's ``import.folder`` (`source_folder`), so the audit can link each clip to its file.
+    """
     out = Path(out)
     options = options or ImportOptions()
     options.validate()
@@ -112,7 +117,7 @@ def import_dataset(
         if not records:
             raise DataError(f"no clip could be imported ({_reasons(skipped)})")
         write_index(tmp / INDEX_FILE, records)
-        summary = _summary(records, skipped, options, tmp, describe, started, workers)
+        summary = _summary(records, skipped, options, tmp, describe, folder, started, workers)
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -209,7 +214,7 @@ def _import_one(task: tuple[Candidate, ImportOptions]) -> _Imported | Refusal:
     record: dict[str, Any] = {
         "id": candidate.key,
         "split": options.split_of(candidate.key),
-        "file": candidate.source,
+        "file": candidate.file if candidate.file is not None else candidate.source,
         "start": round(start, 3),
         "end": round(start + spec.seconds, 3),
         "has_audio": has_audio,
@@ -241,6 +246,7 @@ def _summary(
     options: ImportOptions,
     root: Path,
     describe: dict[str, Any] | None,
+    folder: Path | str | None,
     started: float,
     workers: int,
 ) -> dict[str, Any]:
@@ -268,6 +274,7 @@ def _summary(
         "splits": splits,
         "import": {
             "inputs": describe or {},
+            **({} if folder is None else {"folder": str(Path(folder).resolve())}),
             "options": options.to_dict(),
             "imported": len(records),
             "skipped": len(skipped),
@@ -278,3 +285,17 @@ def _summary(
             "harmonia_version": __version__,
         },
     }
+
+
+def source_folder(summary: Mapping[str, Any]) -> Path | None:
+    """The folder an imported dataset's ``file`` paths are relative to (its summary's absolute
+    ``import.folder``, resolved); None for a dataset built, imported from shards or imported
+    before the folder was recorded."""
+    section = summary.get("import")
+    folder = section.get("folder") if isinstance(section, Mapping) else None
+    if not isinstance(folder, str) or "\0" in folder or not Path(folder).is_absolute():
+        return None
+    try:
+        return Path(folder).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
