@@ -184,7 +184,11 @@ def build_run(
                 f"'{cfg.data.train_split}' in {dataset_dir}, and none could be read there: keep "
                 "that split's shards in the dataset folder too"
             )
-        net = VATT(cfg.model, WordTokenizer.build(captions))
+        words = cfg.data.vocabulary
+        tokenizer = WordTokenizer.build(
+            captions, min_count=words.min_count, max_words=words.max_words
+        )
+        net = VATT(cfg.model, tokenizer)
     else:
         net = VATT.from_pretrained(checkpoint.path)
         check_saved_model(net, cfg, checkpoint.path)

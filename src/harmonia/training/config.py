@@ -52,6 +52,25 @@ class SuspectsConfig:
 
 
 @dataclass
+class VocabularyConfig:
+    """Which words of the training captions get their own embedding (the rest: unknown).
+
+    Real captions (ASR, alt-text) have a long tail of rare words; each kept word is a row of the
+    text embedding, so large imports bound the vocabulary here.
+    """
+
+    min_count: int = 1
+    """Keep a word only if it occurs at least this many times in the training captions."""
+    max_words: int | None = None
+    """Keep at most this many words, most frequent first (null: no limit)."""
+
+    def validate(self) -> None:
+        require_positive(self, "min_count")
+        if self.max_words is not None:
+            require_positive(self, "max_words")
+
+
+@dataclass
 class DataConfig:
     """Where the dataset is, how to build it when it is absent, and how batches are drawn."""
 
@@ -71,6 +90,9 @@ class DataConfig:
     decoding). Each loader worker keeps its own copy: about frames x height x width x 3 +
     4 x audio samples bytes per sample and worker; use it when that fits."""
     drop_suspects: SuspectsConfig = field(default_factory=SuspectsConfig)
+    vocabulary: VocabularyConfig = field(default_factory=VocabularyConfig)
+    """The word vocabulary built from the training captions (a resumed or fine-tuned run keeps
+    its checkpoint's)."""
     streaming: bool = False
     """Read the training shards in sequence (WebDataset: shards shuffled per epoch, split between
     ranks and workers, samples shuffled in a buffer) instead of by random access: for datasets
