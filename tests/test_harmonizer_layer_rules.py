@@ -279,3 +279,34 @@ def test_the_benchmarks_torch_transformer_workload_is_native_and_exact() -> None
     )
     want = per_sample @ per_sample.transpose(1, 2)
     assert torch.allclose(stats.gram, want, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "steps", "skipped"),
+    [
+        (lambda: TransformerTower(), STEPS, True),
+        (lambda: ConvEncoder(nn.Conv3d, {"kernel_size": 3, "padding": 1}), 6, True),
+        (lambda: AttentionEncoder(cross=True, kdim=6, need_weights=True), STEPS, True),
+        (lambda: DirectParameters(), 4, True),
+        (lambda: DirectParameters("matmul"), 4, False),  # a torch.func module: full backward
+    ],
+    ids=["transformer", "conv", "cross_attention", "broadcast", "fallback"],
+)
+def test_the_final_backward_skips_the_anchor_encoder_when_every_module_has_a_rule(
+    encoder: object, steps: int, skipped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder's realigned gradient comes from the per-loss passes; still exact."""
+    from harmonia.harmonization import harmonizer as module
+
+    formed = []
+    original = module.encoder_gradients
+
+    def spy(*args: object) -> object:
+        formed.append(original(*args))  # type: ignore[arg-type]
+        return formed[-1]
+
+    monkeypatch.setattr(module, "encoder_gradients", spy)
+    torch.manual_seed(8)
+    problem = make_problem(encoder=encoder(), seed=20, steps=steps)  # type: ignore[operator]
+    assert_exact(problem)
+    assert formed and (formed[-1] is not None) == skipped

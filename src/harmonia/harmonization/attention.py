@@ -50,7 +50,9 @@ def _weights(module: nn.MultiheadAttention) -> list[tuple[Tensor, Tensor | None]
     return [*zip(weights, biases, strict=True), (module.out_proj.weight, module.out_proj.bias)]
 
 
-def _parameters(module: nn.MultiheadAttention) -> list[tuple[Tensor | None, Tensor | None]]:
+def projection_parameters(
+    module: nn.MultiheadAttention,
+) -> list[tuple[Tensor | None, Tensor | None]]:
     """The trainable parameter behind each projection's weight and bias (None: frozen or absent)."""
 
     def trainable(p: Tensor | None) -> Tensor | None:
@@ -171,7 +173,7 @@ def attention_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) 
             for k in range(tasks):
                 grads[j][k].append(g[k].reshape(batch, -1, g[k].shape[-1]))
     gram = torch.zeros(batch, tasks, tasks, dtype=dtype, device=on_path[0].device)
-    projections = _parameters(module)
+    projections = projection_parameters(module)
     if _self_attention(module, traced):  # one input: one Gram of the whole [3E, E] in_proj_weight
         weight, bias = projections[0]
         d = [

@@ -115,7 +115,7 @@ def broadcast_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) 
             if grads is None:
                 continue
             rows = [
-                (_to_operand(g.to(dtype), use.operand) * use.scale).reshape(
+                (to_operand(g.to(dtype), use.operand) * use.scale).reshape(
                     batch, *shapes[use.parameter]
                 )
                 for g in grads
@@ -129,7 +129,7 @@ def broadcast_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) 
     )
 
 
-def _to_operand(grad: Tensor, operand: tuple[int, ...]) -> Tensor:
+def to_operand(grad: Tensor, operand: tuple[int, ...]) -> Tensor:
     """``[B, *out]`` -> ``[B, *operand]``: each sample's gradient summed over the broadcast dims."""
     padded = (1,) * (grad.dim() - len(operand)) + operand
     return grad.unsqueeze(1).sum_to_size(grad.shape[0], *padded).reshape(grad.shape[0], *operand)

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.harmonization.capture import Capture, owners
+from harmonia.harmonization.encoder_grads import encoder_gradients
+from harmonia.harmonization.layer_grams import Traced
 from harmonia.harmonization.methods import Method, build_method
 from harmonia.harmonization.protocols import CurriculumLike
 from harmonia.harmonization.rules import needs_outputs
@@ -33,6 +35,12 @@ from harmonia.harmonization.spaces import (
     verify_per_sample,
 )
 from harmonia.harmonization.stats import HarmonizerStats
+
+
+def _sharded(p: Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(p, DTensor)
 
 
 class Harmonizer:
@@ -133,9 +141,9 @@ class Harmonizer:
         try:
             with torch.autocast(anchor.device.type, enabled=False):
                 grads = self._anchor_grads(values, anchor)
-                gram = self._gram(anchor, grads, capture, encoder)
+                gram, traced = self._gram(anchor, grads, capture, encoder)
                 stats = self._combine(names, gram, grads, sample_ids, progress)
-            self._apply(values, anchor, grads, stats, retain_graph)
+            self._apply(values, anchor, grads, stats, retain_graph, traced)
         finally:
             if capture is not None:
                 capture.clear()
@@ -173,14 +181,15 @@ class Harmonizer:
 
     def _gram(
         self, anchor: Tensor, grads: Tensor, capture: Capture | None, encoder: nn.Module | None
-    ) -> Tensor:
+    ) -> tuple[Tensor, list[Traced] | None]:
+        """The per-sample (or batch) Gram, and in parameters space the traced calls."""
         if self.space == "embedding":
-            return embedding_gram(grads)
+            return embedding_gram(grads), None
         if self.space == "batch":
             encoder = encoder if encoder is not None else capture.encoder if capture else None
             if encoder is None:
                 raise ValueError("space='batch' needs the encoder (pass encoder= or use capture)")
-            return batch_gram(anchor, grads, encoder)
+            return batch_gram(anchor, grads, encoder), None
         if capture is None:
             raise ValueError(
                 "space='parameters' needs the forward wrapped in "
@@ -234,12 +243,37 @@ class Harmonizer:
         grads: Tensor,
         stats: HarmonizerStats,
         retain_graph: bool,
+        traced: list[Traced] | None,
     ) -> None:
-        """One backward of ``sum_k L_k`` with the anchor's gradient replaced by the harmonized one."""
+        """One backward of ``sum_k L_k`` with the anchor's gradient replaced by the harmonized one.
+
+        In parameters space the anchor encoder's share comes from the per-loss passes
+        (`encoder_grads`): the anchor's incoming gradient is made undefined, so the backward
+        skips the encoder's anchor call, and a surrogate ``sum <p, g_p>`` in the same backward
+        accumulates ``g_p`` into each parameter (hooks such as DDP's fire as usual).
+        """
         scale = stats.coefficients * stats.weights[:, None]  # [B or 1, M]
-        plain = self.method.name == "none" and self.curriculum is None
-        handle = None
-        if not plain:
+        if self.method.name == "none" and self.curriculum is None:
+            torch.autograd.backward(losses, retain_graph=retain_graph)
+            return
+        realigned = None
+        if traced is not None and anchor.grad_fn is not None:
+            with torch.no_grad():
+                realigned = encoder_gradients(traced, scale)
+            if realigned is not None and any(_sharded(p) for p in realigned):
+                realigned = None  # FSDP2 keeps parameters sharded between forward and backward
+        handles = []
+        if realigned is not None:
+            slot = anchor.output_nr
+
+            def skip_encoder(outer: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+                return tuple(None if i == slot else g for i, g in enumerate(outer))
+
+            assert anchor.grad_fn is not None
+            handles.append(anchor.grad_fn.register_prehook(skip_encoder))
+            surrogate = sum((p * g.to(p.dtype)).sum() for p, g in realigned.items())
+            roots: list[Tensor] = [*losses, surrogate]  # type: ignore[list-item]
+        else:
             shape = (scale.shape[0], *([1] * (grads.dim() - 2)))
             dtype = compute_dtype(grads)  # combine half-precision gradients in float32
             combined = sum(
@@ -247,11 +281,12 @@ class Harmonizer:
                 for k in range(grads.shape[0])
             )
             assert isinstance(combined, Tensor)
-            handle = anchor.register_hook(lambda g: combined.to(g.dtype))
+            handles.append(anchor.register_hook(lambda g: combined.to(g.dtype)))
+            roots = losses
         try:
-            torch.autograd.backward(losses, retain_graph=retain_graph)
+            torch.autograd.backward(roots, retain_graph=retain_graph)
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
 
     def state_dict(self) -> dict[str, Any]:

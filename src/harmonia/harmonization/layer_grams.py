@@ -222,15 +222,16 @@ def _trainable_bias(module: nn.Module) -> bool:
     return bias is not None and bias.requires_grad
 
 
-def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
-    """``nn.LayerNorm`` / ``RMSNorm`` / ``GroupNorm``: per sample ``sum_t xhat_t * d_t`` (weight)
-    and ``sum_t d_t`` (bias), over rows ``t`` of the affine parameters' width.
+def normalized_rows(
+    module: nn.Module, inputs: Sequence[Tensor], batch: int
+) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """How a norm's tensors become rows ``[B, T, width]`` of its affine width, and its inputs'
+    normalized rows (``xhat``) joined over calls.
 
     LayerNorm and RMSNorm scale the last dimensions (rows: the leading ones); GroupNorm scales
     channels (dimension 1; rows: the positions of the grid).
     """
     assert isinstance(module, nn.LayerNorm | nn.RMSNorm | nn.GroupNorm)
-    batch = traced[0].grad[0].shape[0]
     if isinstance(module, nn.GroupNorm):
 
         def rows(x: Tensor) -> Tensor:  # [B, C, *grid] -> [B, positions, C]
@@ -252,7 +253,15 @@ def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Te
                 return F.layer_norm(x, shape, eps=module.eps)
             return F.rms_norm(x, shape, eps=module.eps)
 
-    normalized = _cat([rows(normalize(_input(t.call).to(dtype))) for t in traced], 1)
+    return rows, _cat([rows(normalize(x)) for x in inputs], 1)
+
+
+def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
+    """``nn.LayerNorm`` / ``RMSNorm`` / ``GroupNorm``: per sample ``sum_t xhat_t * d_t`` (weight)
+    and ``sum_t d_t`` (bias), over rows ``t`` of the affine parameters' width."""
+    batch = traced[0].grad[0].shape[0]
+    inputs = [_input(t.call).to(dtype) for t in traced]
+    rows, normalized = normalized_rows(module, inputs, batch)
     d = _per_loss(traced, rows, dtype)
     with_weight = module.weight is not None and module.weight.requires_grad
     with_bias = _trainable_bias(module)

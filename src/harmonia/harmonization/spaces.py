@@ -57,8 +57,9 @@ def batch_gram(anchor: Tensor, grads: Tensor, encoder: nn.Module) -> Tensor:
     return (flat @ flat.T)[None]
 
 
-def parameter_gram(anchor: Tensor, grads: Tensor, calls: list[Call]) -> Tensor:
-    """``[B, M, M]``: exact per-sample Grams over the parameters of the captured modules."""
+def parameter_gram(anchor: Tensor, grads: Tensor, calls: list[Call]) -> tuple[Tensor, list[Traced]]:
+    """``[B, M, M]``: exact per-sample Grams over the parameters of the captured modules, and
+    the traced calls (the per-loss gradients at their outputs) they were formed from."""
     tasks, batch = grads.shape[:2]
     traced = trace(anchor, grads, calls)
     if not traced:
@@ -74,7 +75,7 @@ def parameter_gram(anchor: Tensor, grads: Tensor, calls: list[Call]) -> Tensor:
     for group in by_module.values():
         module = group[0].call.module
         gram = gram + module_gram(module, group, dtype).to(dtype)
-    return gram
+    return gram, traced
 
 
 def trace(anchor: Tensor, grads: Tensor, calls: list[Call]) -> list[Traced]:

@@ -1,0 +1,190 @@
+"""The anchor encoder's realigned gradient, formed from the per-loss passes (parameters space).
+
+The Harmonizer sends ``sum_k c_ik u_ik`` into sample ``i``'s anchor (``c_ik``: the method's
+coefficient times the curriculum weight). Backward is linear and the anchor path keeps samples
+apart, so the gradient this produces at a captured layer output is ``D = sum_k c_ik d_ik``, with
+``d_ik`` the per-loss gradients the Gram already needed. Each layer's parameter gradient then
+follows from ``D`` and the layer's captured input (``D^T a`` for a linear layer, a weight-
+gradient convolution, ``sum xhat D`` for a norm, ...), so the final backward can skip the anchor
+encoder instead of recomputing those activation gradients. `encoder_gradients` returns None when
+some module has no rule here (the torch.func fallback); the Harmonizer then runs the full
+backward as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harmonia.harmonization import attention, broadcast
+from harmonia.harmonization.layer_grams import (
+    _CONV_WEIGHT_GRAD,
+    Traced,
+    _forward_is,
+    _input,
+    covered_conv,
+    normalized_rows,
+)
+from harmonia.harmonization.rules import NORMS
+
+Gradients = dict[Tensor, Tensor]
+
+
+def encoder_gradients(traced: list[Traced], scale: Tensor) -> Gradients | None:
+    """Each captured module's parameter gradient under the realigned anchor gradient.
+
+    ``scale [B, M]`` holds the per-sample coefficients ``c_ik``. None where a module on the
+    anchor path has no rule here.
+    """
+    found: Gradients = {}
+    for t in traced:
+        rule = _rule_for(t.call.module, t)
+        if rule is None:
+            return None
+        d = [None if g is None else _combine(g, scale) for g in t.grads]
+        for p, g in rule(t.call.module, t, d):
+            found[p] = found[p] + g if p in found else g
+    return found
+
+
+def _combine(per_loss: Sequence[Tensor], scale: Tensor) -> Tensor:
+    """``sum_k c_ik d_ik`` for gradients ``[B, ...]`` at one layer output."""
+    shape = (scale.shape[0], *([1] * (per_loss[0].dim() - 1)))
+    dtype = per_loss[0].dtype if per_loss[0].dtype == torch.float64 else torch.float32
+    total = sum(scale[:, k].to(dtype).view(shape) * g.to(dtype) for k, g in enumerate(per_loss))
+    assert isinstance(total, Tensor)
+    return total
+
+
+Rule = Callable[[nn.Module, Traced, list[Tensor | None]], list[tuple[Tensor, Tensor]]]
+
+
+def _rule_for(module: nn.Module, t: Traced) -> Rule | None:
+    if t.call.uses:
+        return _broadcast
+    if _forward_is(module, nn.Linear):
+        return _linear
+    if covered_conv(module):
+        return _conv
+    if any(_forward_is(module, cls) for cls in NORMS):
+        return _norm
+    if _forward_is(module, nn.Embedding) and not module.sparse:  # type: ignore[union-attr]
+        return _embedding
+    if attention.covered(module):
+        return _attention
+    return None
+
+
+def _trainable(p: Tensor | None) -> bool:
+    return p is not None and p.requires_grad
+
+
+def _linear_pair(
+    weight: Tensor | None, bias: Tensor | None, a: Tensor, d: Tensor
+) -> list[tuple[Tensor, Tensor]]:
+    """Weight and bias gradients of ``y = a W^T + b`` from its output gradient ``d``."""
+    rows = d.reshape(-1, d.shape[-1])
+    out = []
+    if weight is not None and _trainable(weight):
+        out.append((weight, rows.T @ a.reshape(-1, a.shape[-1]).to(rows.dtype)))
+    if bias is not None and _trainable(bias):
+        out.append((bias, rows.sum(0)))
+    return out  # type: ignore[return-value]
+
+
+def _linear(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+    assert isinstance(module, nn.Linear) and d[0] is not None
+    return _linear_pair(module.weight, module.bias, _input(t.call), d[0])
+
+
+def _conv(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+    assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and d[0] is not None
+    out: list[tuple[Tensor, Tensor]] = []
+    grad = d[0]
+    if _trainable(module.weight):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(_input(t.call).to(grad.dtype), module._reversed_padding_repeated_twice, mode=mode)
+        weight = _CONV_WEIGHT_GRAD[len(module.kernel_size)](
+            x,
+            module.weight.shape,
+            grad,
+            stride=module.stride,
+            padding=0,
+            dilation=module.dilation,
+            groups=module.groups,
+        )
+        out.append((module.weight, weight))
+    if _trainable(module.bias):
+        out.append((module.bias, grad.transpose(0, 1).flatten(1).sum(1)))  # type: ignore[arg-type]
+    return out
+
+
+def _norm(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+    assert d[0] is not None
+    grad = d[0]
+    rows, normalized = normalized_rows(module, [_input(t.call).to(grad.dtype)], grad.shape[0])
+    d_rows = rows(grad)
+    out: list[tuple[Tensor, Tensor]] = []
+    weight: Tensor | None = getattr(module, "weight", None)
+    bias: Tensor | None = getattr(module, "bias", None)
+    if weight is not None and weight.requires_grad:
+        out.append((weight, (normalized * d_rows).sum((0, 1)).reshape(weight.shape)))
+    if bias is not None and bias.requires_grad:
+        out.append((bias, d_rows.sum((0, 1)).reshape(bias.shape)))
+    return out
+
+
+def _embedding(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+    assert isinstance(module, nn.Embedding) and d[0] is not None
+    if not _trainable(module.weight):
+        return []
+    index = _input(t.call).reshape(-1)
+    rows = d[0].reshape(-1, module.embedding_dim)
+    grad = torch.zeros(module.weight.shape, dtype=rows.dtype, device=rows.device)
+    grad.index_add_(0, index, rows)
+    if module.padding_idx is not None:
+        grad[module.padding_idx] = 0
+    return [(module.weight, grad)]
+
+
+def _attention(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+    """Four linear layers; the three input projections' blocks are put back into one weight."""
+    assert isinstance(module, nn.MultiheadAttention)
+    blocks: dict[int, list[tuple[Tensor, Tensor]]] = {}
+    pairs = attention.projection_parameters(module)
+    for j, grad in zip(t.call.positions, d, strict=True):
+        if grad is not None:
+            weight, bias = pairs[j]
+            blocks[j] = _linear_pair(weight, bias, t.call.args[j], grad)
+    out: list[tuple[Tensor, Tensor]] = list(blocks.pop(3, []))
+    whole: dict[Tensor, list[Tensor | None]] = {}
+    for j in range(3):  # in_proj_weight / in_proj_bias hold the three blocks in order
+        for p, g in blocks.get(j, []):
+            parts = whole.setdefault(p, [None, None, None])
+            parts[j] = g
+    for p, parts in whole.items():
+        present = [g for g in parts if g is not None]
+        if p.shape[0] != 3 * module.embed_dim:  # q/k/v_proj_weight: one block each
+            out += [(p, g) for g in present]
+            continue
+        full = torch.zeros(p.shape, dtype=present[0].dtype, device=p.device)
+        size = module.embed_dim
+        for j, block in enumerate(parts):
+            if block is not None:
+                full[j * size : (j + 1) * size] = block
+        out.append((p, full))
+    return out
+
+
+def _broadcast(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+    own = dict(module.named_parameters(recurse=False))
+    out: list[tuple[Tensor, Tensor]] = []
+    for use, grad in zip(t.call.uses, d, strict=True):
+        if grad is not None:
+            p = own[use.parameter]
+            summed = broadcast.to_operand(grad, use.operand).sum(0) * use.scale
+            out.append((p, summed.reshape(p.shape)))
+    return out
