@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harmonia.harmonization import attention, broadcast
@@ -27,8 +26,10 @@ from harmonia.harmonization.layer_grams import (
     _input,
     covered_conv,
     normalized_rows,
+    padded,
 )
 from harmonia.harmonization.rules import NORMS
+from harmonia.harmonization.spaces import compute_dtype
 
 Gradients = dict[Tensor, Tensor]
 
@@ -44,16 +45,17 @@ def encoder_gradients(traced: list[Traced], scale: Tensor) -> Gradients | None:
         rule = _rule_for(t.call.module, t)
         if rule is None:
             return None
-        d = [None if g is None else _combine(g, scale) for g in t.grads]
+        d = [None if g is None else realigned(g, scale) for g in t.grads]
         for p, g in rule(t.call.module, t, d):
             found[p] = found[p] + g if p in found else g
     return found
 
 
-def _combine(per_loss: Sequence[Tensor], scale: Tensor) -> Tensor:
-    """``sum_k c_ik d_ik`` for gradients ``[B, ...]`` at one layer output."""
+def realigned(per_loss: Sequence[Tensor], scale: Tensor) -> Tensor:
+    """``sum_k c_ik g_ik`` for per-loss gradients ``[B, ...]`` (at the anchor or a layer output),
+    half precision combined in float32."""
     shape = (scale.shape[0], *([1] * (per_loss[0].dim() - 1)))
-    dtype = per_loss[0].dtype if per_loss[0].dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(per_loss[0])
     total = sum(scale[:, k].to(dtype).view(shape) * g.to(dtype) for k, g in enumerate(per_loss))
     assert isinstance(total, Tensor)
     return total
@@ -105,8 +107,7 @@ def _conv(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Te
     out: list[tuple[Tensor, Tensor]] = []
     grad = d[0]
     if _trainable(module.weight):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(_input(t.call).to(grad.dtype), module._reversed_padding_repeated_twice, mode=mode)
+        x = padded(module, _input(t.call).to(grad.dtype))
         weight = _CONV_WEIGHT_GRAD[len(module.kernel_size)](
             x,
             module.weight.shape,

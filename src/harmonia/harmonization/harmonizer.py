@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.harmonization.capture import Capture, owners
-from harmonia.harmonization.encoder_grads import encoder_gradients
+from harmonia.harmonization.encoder_grads import encoder_gradients, realigned
 from harmonia.harmonization.layer_grams import Traced
 from harmonia.harmonization.methods import Method, build_method
 from harmonia.harmonization.protocols import CurriculumLike
@@ -29,7 +29,6 @@ from harmonia.harmonization.rules import needs_outputs
 from harmonia.harmonization.spaces import (
     SPACES,
     batch_gram,
-    compute_dtype,
     embedding_gram,
     parameter_gram,
     verify_per_sample,
@@ -256,14 +255,14 @@ class Harmonizer:
         if self.method.name == "none" and self.curriculum is None:
             torch.autograd.backward(losses, retain_graph=retain_graph)
             return
-        realigned = None
+        encoder_grads = None
         if traced is not None and anchor.grad_fn is not None:
             with torch.no_grad():
-                realigned = encoder_gradients(traced, scale)
-            if realigned is not None and any(_sharded(p) for p in realigned):
-                realigned = None  # FSDP2 keeps parameters sharded between forward and backward
+                encoder_grads = encoder_gradients(traced, scale)
+            if encoder_grads is not None and any(_sharded(p) for p in encoder_grads):
+                encoder_grads = None  # FSDP2 keeps parameters sharded between forward and backward
         handles = []
-        if realigned is not None:
+        if encoder_grads is not None:
             slot = anchor.output_nr
 
             def skip_encoder(outer: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
@@ -271,16 +270,10 @@ class Harmonizer:
 
             assert anchor.grad_fn is not None
             handles.append(anchor.grad_fn.register_prehook(skip_encoder))
-            surrogate = sum((p * g.to(p.dtype)).sum() for p, g in realigned.items())
+            surrogate = sum((p * g.to(p.dtype)).sum() for p, g in encoder_grads.items())
             roots: list[Tensor] = [*losses, surrogate]  # type: ignore[list-item]
         else:
-            shape = (scale.shape[0], *([1] * (grads.dim() - 2)))
-            dtype = compute_dtype(grads)  # combine half-precision gradients in float32
-            combined = sum(
-                scale[:, k].to(dtype).view(shape) * grads[k].to(dtype)
-                for k in range(grads.shape[0])
-            )
-            assert isinstance(combined, Tensor)
+            combined = realigned(list(grads), scale)
             handles.append(anchor.register_hook(lambda g: combined.to(g.dtype)))
             roots = losses
         try:

@@ -156,6 +156,12 @@ def covered_conv(module: nn.Module) -> bool:
 _CONV_WEIGHT_GRAD = {1: conv1d_weight, 2: conv2d_weight, 3: conv3d_weight}
 
 
+def padded(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor) -> Tensor:
+    """A conv's input with its padding (any mode, ``same`` included) applied, as its forward does."""
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    return F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+
+
 def conv_weight_grads(
     module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, d: Sequence[Tensor]
 ) -> Tensor:
@@ -167,8 +173,7 @@ def conv_weight_grads(
     module's own groups) apart. Padding of any mode is applied to the input first.
     """
     batch, tasks, groups = x.shape[0], len(d), module.groups
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    x = padded(module, x)
     grid = d[0].shape[2:]
     per_group = module.out_channels // groups
     # [b, M, O, *grid] -> [b, groups, M, O / groups, *grid] -> one row of channels
