@@ -31,7 +31,8 @@ import torch
 import torch_transformer
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.capture import Capture
-from harmonia.harmonization.layer_grams import Traced
+from harmonia.harmonization.encoder_grads import backward_without_encoder, encoder_gradients
+from harmonia.harmonization.layer_grams import Kept, Traced
 from harmonia.harmonization.rules import module_gram, needs_outputs
 from harmonia.harmonization.spaces import compute_dtype, trace
 from harmonia.losses import ContrastiveObjective, default_specs
@@ -209,15 +210,22 @@ def breakdown(
         groups: dict[int, list[Traced]] = defaultdict(list)
         for t in traced:
             groups[id(t.call.module)].append(t)
+        kept = Kept()
         for group in groups.values():
             module = group[0].call.module
             name = f"Grams of {type(module).__name__} layers"
             if isinstance(module, torch.nn.Linear) and module.in_features > 4 * module.out_features:
                 name = f"Gram of Linear {module.in_features}->{module.out_features}"
             with piece(name, r):
-                module_gram(module, group, compute_dtype(grads))
+                module_gram(module, group, compute_dtype(grads), kept)
+        with piece("encoder's realigned gradient", r), torch.no_grad():
+            scale = torch.ones(anchor.shape[0], len(losses), dtype=torch.float64)
+            found = encoder_gradients(traced, kept, scale)
         with piece("final backward", r):
-            torch.autograd.backward(losses)
+            if found is None:
+                torch.autograd.backward(losses)
+            else:
+                backward_without_encoder(losses, anchor, found)
     lines = [f"{'piece':<38} {'ms':>8}"]
     for name, per_step in parts.items():
         lines.append(f"{name:<38} {1000 * statistics.median(per_step[1:]):>8.1f}")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import warnings
 
+import hypothesis.strategies as st
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
 from torch import Tensor, nn
 
-from harmonia.harmonization import Harmonizer
+from harmonia.harmonization import Harmonizer, layer_grams
 from harmonia.harmonization.rules import FallbackWarning, rule_for
 from harmonizer_reference import assert_exact, harmonized_grads, make_problem
 
@@ -174,7 +176,6 @@ def test_convolutions_are_exact_without_fallback(case: str) -> None:
 
 def test_conv_weight_gradients_chunk_over_samples(monkeypatch: pytest.MonkeyPatch) -> None:
     """A small materialization budget splits the samples into chunks; the Gram is unchanged."""
-    from harmonia.harmonization import layer_grams
 
     torch.manual_seed(4)
     conv, options = CONV_CASES["conv2d_groups_stride"]
@@ -282,20 +283,35 @@ def test_the_benchmarks_torch_transformer_workload_is_native_and_exact() -> None
 
 
 @pytest.mark.parametrize(
-    ("encoder", "steps", "skipped"),
+    ("encoder", "steps", "budget", "skipped"),
     [
-        (lambda: TransformerTower(), STEPS, True),
-        (lambda: ConvEncoder(nn.Conv3d, {"kernel_size": 3, "padding": 1}), 6, True),
-        (lambda: AttentionEncoder(cross=True, kdim=6, need_weights=True), STEPS, True),
-        (lambda: DirectParameters(), 4, True),
-        (lambda: DirectParameters("matmul"), 4, False),  # a torch.func module: full backward
+        (lambda: TransformerTower(), STEPS, None, True),
+        (lambda: ConvEncoder(nn.Conv3d, {"kernel_size": 3, "padding": 1}), 6, None, True),
+        (lambda: ConvEncoder(nn.Conv3d, {"kernel_size": 3, "padding": 1}), 6, 0, True),
+        (lambda: AttentionEncoder(cross=True, kdim=6, need_weights=True), STEPS, None, True),
+        (lambda: DirectParameters(), 4, None, True),
+        (lambda: DirectParameters("matmul"), 4, None, True),  # torch.func's gradients are kept
+        (lambda: DirectParameters("matmul"), 4, 0, False),  # not kept: the full backward
     ],
-    ids=["transformer", "conv", "cross_attention", "broadcast", "fallback"],
+    ids=[
+        "transformer",
+        "conv",
+        "conv_unkept",
+        "cross_attention",
+        "broadcast",
+        "fallback",
+        "fallback_unkept",
+    ],
 )
-def test_the_final_backward_skips_the_anchor_encoder_when_every_module_has_a_rule(
-    encoder: object, steps: int, skipped: bool, monkeypatch: pytest.MonkeyPatch
+def test_the_final_backward_skips_the_anchor_encoder_when_every_module_is_covered(
+    encoder: object,
+    steps: int,
+    budget: int | None,
+    skipped: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The encoder's realigned gradient comes from the per-loss passes; still exact."""
+    """The encoder's realigned gradient comes from the per-loss passes and the per-sample
+    gradients the Gram rules kept (none with a budget of 0); still exact."""
     from harmonia.harmonization import harmonizer as module
 
     formed = []
@@ -306,7 +322,67 @@ def test_the_final_backward_skips_the_anchor_encoder_when_every_module_has_a_rul
         return formed[-1]
 
     monkeypatch.setattr(module, "encoder_gradients", spy)
+    if budget is not None:
+        monkeypatch.setattr(layer_grams, "KEEP_BUDGET", budget)
     torch.manual_seed(8)
     problem = make_problem(encoder=encoder(), seed=20, steps=steps)  # type: ignore[operator]
     assert_exact(problem)
     assert formed and (formed[-1] is not None) == skipped
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dims=st.integers(1, 3),
+    groups=st.sampled_from([1, 2]),
+    channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    padding=st.integers(0, 1),
+    mode=st.sampled_from(["zeros", "reflect", "circular", "replicate"]),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_per_sample_conv_weight_gradients_match_autograd(
+    dims: int,
+    groups: int,
+    channels: tuple[int, int],
+    kernel: int,
+    stride: int,
+    dilation: int,
+    padding: int,
+    mode: str,
+    channels_last: bool,
+    seed: int,
+) -> None:
+    """The im2col route (`layer_grams.patches`) against one autograd call per sample, float64."""
+    torch.manual_seed(seed)
+    cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+    conv = cls(
+        groups * channels[0],
+        groups * channels[1],
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode=mode,
+    ).double()
+    x = torch.randn(3, groups * channels[0], *[7] * dims, dtype=torch.float64)
+    if channels_last and dims == 2:
+        x = x.to(memory_format=torch.channels_last)
+    y = conv(x)
+    d = [torch.randn_like(y) for _ in range(2)]
+    got = layer_grams.conv_weight_grads(conv, x, d)
+    want = torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.autograd.grad(conv(x[i : i + 1]), conv.weight, dk[i : i + 1])[0].flatten()
+                    for dk in d
+                ]
+            )
+            for i in range(3)
+        ]
+    )
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)

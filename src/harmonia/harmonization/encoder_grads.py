@@ -6,9 +6,10 @@ apart, so the gradient this produces at a captured layer output is ``D = sum_k c
 ``d_ik`` the per-loss gradients the Gram already needed. Each layer's parameter gradient then
 follows from ``D`` and the layer's captured input (``D^T a`` for a linear layer, a weight-
 gradient convolution, ``sum xhat D`` for a norm, ...), so the final backward can skip the anchor
-encoder instead of recomputing those activation gradients. `encoder_gradients` returns None when
-some module has no rule here (the torch.func fallback); the Harmonizer then runs the full
-backward as before.
+encoder instead of recomputing those activation gradients. Where a Gram rule already formed the
+per-sample gradients ``g_ik`` (convolutions, norms, the torch.func fallback: `Kept`), the
+gradient is ``sum_ik c_ik g_ik`` and ``D`` is not formed at all. `encoder_gradients` returns
+None when some module is covered by neither; the Harmonizer then runs the full backward.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from harmonia.harmonization import attention, broadcast
 from harmonia.harmonization.layer_grams import (
     _CONV_WEIGHT_GRAD,
+    Kept,
     Traced,
     _forward_is,
     _input,
@@ -34,14 +36,21 @@ from harmonia.harmonization.spaces import compute_dtype
 Gradients = dict[Tensor, Tensor]
 
 
-def encoder_gradients(traced: list[Traced], scale: Tensor) -> Gradients | None:
+def encoder_gradients(traced: list[Traced], kept: Kept, scale: Tensor) -> Gradients | None:
     """Each captured module's parameter gradient under the realigned anchor gradient.
 
-    ``scale [B, M]`` holds the per-sample coefficients ``c_ik``. None where a module on the
-    anchor path has no rule here.
+    ``scale [B, M]`` holds the per-sample coefficients ``c_ik``; ``kept`` the per-sample
+    gradients the Gram rules materialized. None where a module on the anchor path is in
+    neither ``kept`` nor covered by a rule here.
     """
     found: Gradients = {}
+    for grads in kept.by_module.values():
+        for p, g in grads.items():
+            total = torch.einsum("bk,bk...->...", scale.to(g.dtype), g)
+            found[p] = found[p] + total if p in found else total
     for t in traced:
+        if t.call.module in kept.by_module:
+            continue
         rule = _rule_for(t.call.module, t)
         if rule is None:
             return None
@@ -49,6 +58,29 @@ def encoder_gradients(traced: list[Traced], scale: Tensor) -> Gradients | None:
         for p, g in rule(t.call.module, t, d):
             found[p] = found[p] + g if p in found else g
     return found
+
+
+def backward_without_encoder(
+    losses: Sequence[Tensor], anchor: Tensor, found: Gradients, retain_graph: bool = False
+) -> None:
+    """One backward of ``sum_k L_k`` that leaves the anchor's encoder out and adds ``found``.
+
+    The anchor's incoming gradient is made undefined (a prehook on its node), so nothing flows
+    into the encoder's anchor call; a surrogate ``sum <p, g_p>`` in the same backward accumulates
+    each ``g_p`` into ``p.grad``, so hooks such as DDP's fire once per parameter as usual.
+    """
+    assert anchor.grad_fn is not None
+    slot = anchor.output_nr
+
+    def skip_encoder(outer: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+        return tuple(None if i == slot else g for i, g in enumerate(outer))
+
+    handle = anchor.grad_fn.register_prehook(skip_encoder)
+    surrogate = torch.stack([(p * g.to(p.dtype)).sum() for p, g in found.items()]).sum()
+    try:
+        torch.autograd.backward([*losses, surrogate], retain_graph=retain_graph)
+    finally:
+        handle.remove()
 
 
 def realigned(per_loss: Sequence[Tensor], scale: Tensor) -> Tensor:

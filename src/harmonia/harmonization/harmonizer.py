@@ -21,8 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.harmonization.capture import Capture, owners
-from harmonia.harmonization.encoder_grads import encoder_gradients, realigned
-from harmonia.harmonization.layer_grams import Traced
+from harmonia.harmonization.encoder_grads import (
+    backward_without_encoder,
+    encoder_gradients,
+    realigned,
+)
+from harmonia.harmonization.layer_grams import Kept, Traced
 from harmonia.harmonization.methods import Method, build_method
 from harmonia.harmonization.protocols import CurriculumLike
 from harmonia.harmonization.rules import needs_outputs
@@ -180,8 +184,9 @@ class Harmonizer:
 
     def _gram(
         self, anchor: Tensor, grads: Tensor, capture: Capture | None, encoder: nn.Module | None
-    ) -> tuple[Tensor, list[Traced] | None]:
-        """The per-sample (or batch) Gram, and in parameters space the traced calls."""
+    ) -> tuple[Tensor, tuple[list[Traced], Kept] | None]:
+        """The per-sample (or batch) Gram, and in parameters space the traced calls with the
+        per-sample gradients the Gram rules kept."""
         if self.space == "embedding":
             return embedding_gram(grads), None
         if self.space == "batch":
@@ -201,7 +206,8 @@ class Harmonizer:
             if key not in self._verified:
                 verify_per_sample(anchor, capture.calls, capture.encoder)
                 self._verified.add(key)
-        return parameter_gram(anchor, grads, capture.calls)
+        gram, traced, kept = parameter_gram(anchor, grads, capture.calls)
+        return gram, (traced, kept)
 
     def _combine(
         self,
@@ -242,45 +248,33 @@ class Harmonizer:
         grads: Tensor,
         stats: HarmonizerStats,
         retain_graph: bool,
-        traced: list[Traced] | None,
+        traced: tuple[list[Traced], Kept] | None,
     ) -> None:
         """One backward of ``sum_k L_k`` with the anchor's gradient replaced by the harmonized one.
 
-        In parameters space the anchor encoder's share comes from the per-loss passes
-        (`encoder_grads`): the anchor's incoming gradient is made undefined, so the backward
-        skips the encoder's anchor call, and a surrogate ``sum <p, g_p>`` in the same backward
-        accumulates ``g_p`` into each parameter (hooks such as DDP's fire as usual).
+        In parameters space the anchor encoder's share comes from the per-loss passes and the
+        per-sample gradients the Grams kept (`encoder_grads`), and the backward skips the
+        encoder's anchor call (`encoder_grads.backward_without_encoder`).
         """
         scale = stats.coefficients * stats.weights[:, None]  # [B or 1, M]
-        if self.method.name == "none" and self.curriculum is None:
+        if self.method.name == "none" and self.curriculum is None and traced is None:
             torch.autograd.backward(losses, retain_graph=retain_graph)
             return
         encoder_grads = None
         if traced is not None and anchor.grad_fn is not None:
             with torch.no_grad():
-                encoder_grads = encoder_gradients(traced, scale)
+                encoder_grads = encoder_gradients(*traced, scale)
             if encoder_grads is not None and any(_sharded(p) for p in encoder_grads):
                 encoder_grads = None  # FSDP2 keeps parameters sharded between forward and backward
-        handles = []
         if encoder_grads is not None:
-            slot = anchor.output_nr
-
-            def skip_encoder(outer: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
-                return tuple(None if i == slot else g for i, g in enumerate(outer))
-
-            assert anchor.grad_fn is not None
-            handles.append(anchor.grad_fn.register_prehook(skip_encoder))
-            surrogate = sum((p * g.to(p.dtype)).sum() for p, g in encoder_grads.items())
-            roots: list[Tensor] = [*losses, surrogate]  # type: ignore[list-item]
-        else:
-            combined = realigned(list(grads), scale)
-            handles.append(anchor.register_hook(lambda g: combined.to(g.dtype)))
-            roots = losses
+            backward_without_encoder(losses, anchor, encoder_grads, retain_graph)
+            return
+        combined = realigned(list(grads), scale)
+        handle = anchor.register_hook(lambda g: combined.to(g.dtype))
         try:
-            torch.autograd.backward(roots, retain_graph=retain_graph)
+            torch.autograd.backward(losses, retain_graph=retain_graph)
         finally:
-            for handle in handles:
-                handle.remove()
+            handle.remove()
 
     def state_dict(self) -> dict[str, Any]:
         """The method's state (e.g. GradVac targets) and the random generator's state."""

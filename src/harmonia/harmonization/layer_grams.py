@@ -14,6 +14,7 @@ functional form), which also verifies that the module treats samples independent
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ from harmonia.harmonization.calls import Call, unit_parameters
 
 MATERIALIZE_BUDGET = 1 << 24
 """Largest number of per-sample gradient entries held at once when materializing (chunked)."""
+KEEP_BUDGET = 1 << 25
+"""Most per-sample gradient entries one step keeps for the realigned gradient (`Kept`)."""
 
 
 @dataclass
@@ -48,6 +51,27 @@ class Traced:
         grad = self.grads[0]
         assert grad is not None
         return grad
+
+
+class Kept:
+    """Per-sample, per-loss parameter gradients ``[B, M, *p.shape]`` that Gram rules materialized.
+
+    The realigned gradient of such a parameter is ``sum_ik c_ik g_ik`` of these
+    (`encoder_grads`), so the layer's output gradients need not be combined and pushed through
+    its weight-gradient again. A rule offers a module's gradients when it formed them in one
+    piece; they are kept while the step's total stays within `KEEP_BUDGET` entries.
+    """
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.by_module: dict[nn.Module, dict[Tensor, Tensor]] = {}
+        self._left = KEEP_BUDGET if budget is None else budget
+
+    def offer(self, module: nn.Module, grads: dict[Tensor, Tensor]) -> None:
+        """Keep ``grads`` (parameter -> ``[B, M, *shape]``) for ``module`` if the budget allows."""
+        size = sum(g.numel() for g in grads.values())
+        if size <= self._left:
+            self.by_module[module] = grads
+            self._left -= size
 
 
 def _forward_is(module: nn.Module, cls: type[nn.Module]) -> bool:
@@ -154,6 +178,9 @@ def covered_conv(module: nn.Module) -> bool:
 
 
 _CONV_WEIGHT_GRAD = {1: conv1d_weight, 2: conv2d_weight, 3: conv3d_weight}
+COLUMNS_BUDGET = 1 << 21
+"""Input-patch entries (``samples x C k x positions``) unfolded at once for per-sample conv
+gradients; about 8 MiB in float32, so a chunk's patches stay in cache for its products."""
 
 
 def padded(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor) -> Tensor:
@@ -162,38 +189,64 @@ def padded(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor) -> Tensor:
     return F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
 
 
+def patches(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, grid: Sequence[int]) -> Tensor:
+    """The padded input's patches ``[b, groups, C / groups * kernel, positions]`` (im2col).
+
+    A strided view walks kernel offsets (dilation) and output positions (stride) of any 1D, 2D
+    or 3D conv; the reshape copies it into rows in the weight's ``[C / groups, *kernel]`` order.
+    """
+    x = padded(module, x)
+    step = x.stride()
+    dims = range(len(module.kernel_size))
+    view = x.as_strided(
+        (*x.shape[:2], *module.kernel_size, *grid),
+        (
+            *step[:2],
+            *(step[2 + i] * module.dilation[i] for i in dims),
+            *(step[2 + i] * module.stride[i] for i in dims),
+        ),
+    )
+    return view.reshape(x.shape[0], module.groups, -1, math.prod(grid))
+
+
 def conv_weight_grads(
     module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, d: Sequence[Tensor]
 ) -> Tensor:
     """Per-sample, per-loss weight gradients ``[b, M, weight entries]`` of a conv call.
 
-    One grouped weight-gradient convolution computes all of them: the samples are folded into
-    the channels (``[1, b C, *grid]``), each sample's output gradients for every loss form one
-    group of output channels, and ``groups = b * module.groups`` keeps samples (and the
-    module's own groups) apart. Padding of any mode is applied to the input first.
+    Per group, each sample's gradient is its output gradients ``[M O / groups, positions]``
+    times its input patches (`patches`) transposed: one batched product for all losses, a
+    few samples at a time (`COLUMNS_BUDGET`). This was about 2x faster on CPU than one grouped
+    weight-gradient convolution with the samples folded into channels.
     """
     batch, tasks, groups = x.shape[0], len(d), module.groups
-    x = padded(module, x)
     grid = d[0].shape[2:]
-    per_group = module.out_channels // groups
-    # [b, M, O, *grid] -> [b, groups, M, O / groups, *grid] -> one row of channels
-    g = torch.stack(list(d), 1).reshape(batch, tasks, groups, per_group, *grid).transpose(1, 2)
-    weight = _CONV_WEIGHT_GRAD[len(module.kernel_size)](
-        x.reshape(1, -1, *x.shape[2:]),
-        (batch * tasks * module.out_channels, module.in_channels // groups, *module.kernel_size),
-        g.reshape(1, -1, *grid),
-        stride=module.stride,
-        padding=0,
-        dilation=module.dilation,
-        groups=batch * groups,
-    )
-    return weight.reshape(batch, groups, tasks, -1).transpose(1, 2).reshape(batch, tasks, -1)
+    positions = math.prod(grid)
+    rows = module.in_channels * math.prod(module.kernel_size) * positions
+    chunk = max(1, COLUMNS_BUDGET // rows)
+    parts = []
+    for start in range(0, batch, chunk):
+        cols = patches(module, x[start : start + chunk], grid)
+        b = cols.shape[0]
+        # [b, M, O, *grid] -> [b, groups, M O / groups, positions], rows in (loss, channel) order
+        g = torch.stack([dk[start : start + chunk] for dk in d], 1)
+        g = (
+            g.reshape(b, tasks, groups, -1, positions)
+            .transpose(1, 2)
+            .reshape(b, groups, -1, positions)
+        )
+        weight = g @ cols.transpose(2, 3)  # [b, groups, M O / groups, C / groups * kernel]
+        parts.append(weight.reshape(b, groups, tasks, -1).transpose(1, 2).reshape(b, tasks, -1))
+    return _cat(parts, 0)
 
 
-def conv_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
+def conv_gram(
+    module: nn.Module, traced: list[Traced], dtype: torch.dtype, kept: Kept | None = None
+) -> Tensor:
     """``nn.Conv1d/2d/3d`` (any kernel, stride, dilation, padding, groups): materialized per-sample
     weight gradients (`conv_weight_grads`), a chunk of samples at a time, and ``sum_p d_p``
-    over output positions for the bias. Several calls of one module add their gradients.
+    over output positions for the bias. Several calls of one module add their gradients; when
+    one chunk holds the whole batch they are offered to ``kept``.
     """
     assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
     on_path = traced[0].grad
@@ -202,23 +255,23 @@ def conv_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Te
     parts = []
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
-        flat = []
+        flat: dict[Tensor, Tensor] = {}
         if module.weight.requires_grad:
-            weight = sum(
+            flat[module.weight] = sum(  # type: ignore[assignment]
                 conv_weight_grads(
                     module, _input(t.call)[rows].to(dtype), [g[rows].to(dtype) for g in t.grad]
                 )
                 for t in traced
             )
-            flat.append(weight)
         if _trainable_bias(module):
-            bias = sum(
+            flat[module.bias] = sum(  # type: ignore[index,assignment]
                 torch.stack([g[rows].to(dtype) for g in t.grad], 1).flatten(3).sum(-1)
                 for t in traced
             )
-            flat.append(bias)
-        per_loss = torch.cat(flat, -1)  # type: ignore[arg-type]
+        per_loss = torch.cat(list(flat.values()), -1)
         parts.append(flat_gram(list(per_loss.unbind(1))))
+    if kept is not None and chunk >= batch:
+        kept.offer(module, {p: g.view(batch, tasks, *p.shape) for p, g in flat.items()})
     return _cat(parts, 0)
 
 
@@ -261,21 +314,27 @@ def normalized_rows(
     return rows, _cat([rows(normalize(x)) for x in inputs], 1)
 
 
-def norm_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
+def norm_gram(
+    module: nn.Module, traced: list[Traced], dtype: torch.dtype, kept: Kept | None = None
+) -> Tensor:
     """``nn.LayerNorm`` / ``RMSNorm`` / ``GroupNorm``: per sample ``sum_t xhat_t * d_t`` (weight)
-    and ``sum_t d_t`` (bias), over rows ``t`` of the affine parameters' width."""
+    and ``sum_t d_t`` (bias), over rows ``t`` of the affine parameters' width (offered to
+    ``kept``)."""
     batch = traced[0].grad[0].shape[0]
     inputs = [_input(t.call).to(dtype) for t in traced]
     rows, normalized = normalized_rows(module, inputs, batch)
     d = _per_loss(traced, rows, dtype)
     with_weight = module.weight is not None and module.weight.requires_grad
     with_bias = _trainable_bias(module)
-    per_sample = []
-    for dk in d:
-        pieces = [(normalized * dk).sum(1)] if with_weight else []
-        pieces += [dk.sum(1)] if with_bias else []
-        per_sample.append(_cat(pieces, -1))
-    return flat_gram(per_sample)
+    grads: dict[Tensor, Tensor] = {}
+    if with_weight:
+        grads[module.weight] = torch.stack([(normalized * dk).sum(1) for dk in d], 1)  # type: ignore[index]
+    if with_bias:
+        grads[module.bias] = torch.stack([dk.sum(1) for dk in d], 1)  # type: ignore[index]
+    per_loss = torch.cat(list(grads.values()), -1)
+    if kept is not None:
+        kept.offer(module, {p: g.view(batch, len(d), *p.shape) for p, g in grads.items()})
+    return flat_gram(list(per_loss.unbind(1)))
 
 
 def embedding_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
@@ -291,14 +350,18 @@ def embedding_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) 
     return ghost_gram(d, same.to(dtype))
 
 
-def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
-    """Any other module: per-sample parameter gradients with ``vmap(vjp(functional_call))``.
+def functional_gram(
+    module: nn.Module, traced: list[Traced], dtype: torch.dtype, kept: Kept | None = None
+) -> Tensor:
+    """Any other module: per-sample parameter gradients with ``vmap(vjp(functional_call))``
+    (offered to ``kept``).
 
     The module is re-run on each sample alone; its output must match the captured batched output,
     which verifies that it treats samples independently. Random operations (dropout in training
     mode) cannot be replayed and are rejected.
     """
-    params = {name: _whole(p.detach()) for name, p in unit_parameters(module).items()}
+    owned = unit_parameters(module)
+    params = {name: _whole(p.detach()) for name, p in owned.items()}
     on_path = next(g for g in traced[0].grads if g is not None)
     tasks, batch = len(on_path), on_path[0].shape[0]
     total: dict[str, Tensor] = {}
@@ -307,6 +370,8 @@ def functional_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype)
         for name, g in grads.items():
             total[name] = total[name] + g if name in total else g
     flat = _cat([g.reshape(batch, tasks, -1).to(dtype) for g in total.values()], -1)
+    if kept is not None:
+        kept.offer(module, {owned[name]: g.to(dtype) for name, g in total.items()})
     return flat_gram(flat.unbind(1))
 
 

@@ -7,6 +7,7 @@ a user is told once per module which one it is and what it cost.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 import weakref
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from harmonia.harmonization import attention, broadcast
 from harmonia.harmonization.calls import unit_parameters
 from harmonia.harmonization.layer_grams import (
+    Kept,
     Traced,
     _forward_is,
     conv_gram,
@@ -29,6 +31,9 @@ from harmonia.harmonization.layer_grams import (
 )
 
 Rule = Callable[[nn.Module, list[Traced], torch.dtype], Tensor]
+
+MATERIALIZING: frozenset[Callable[..., Tensor]] = frozenset({conv_gram, norm_gram, functional_gram})
+"""Rules that form per-sample gradients and offer them to a `Kept` (``kept=``)."""
 
 NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
 
@@ -60,9 +65,15 @@ def needs_outputs(module: nn.Module) -> bool:
     return rule_for(module) is functional_gram
 
 
-def module_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
-    """``rule_for(module)`` applied; the first fallback of each module is timed and reported."""
-    rule = rule_for(module)
+def module_gram(
+    module: nn.Module, traced: list[Traced], dtype: torch.dtype, kept: Kept | None = None
+) -> Tensor:
+    """``rule_for(module)`` applied; the first fallback of each module is timed and reported.
+
+    Rules that materialize per-sample gradients offer them to ``kept``.
+    """
+    base = rule_for(module)
+    rule: Rule = functools.partial(base, kept=kept) if base in MATERIALIZING else base  # type: ignore[call-arg]
     broadcast_calls = sum(bool(t.call.uses) for t in traced)
     if broadcast_calls == len(traced):
         return broadcast.broadcast_gram(module, traced, dtype)
@@ -72,7 +83,7 @@ def module_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> 
             "the batch in some calls and uses them otherwise in others; parameters space cannot "
             "combine the two: move those parameters into a submodule"
         )
-    if rule is not functional_gram or module in _warned:
+    if base is not functional_gram or module in _warned:
         return rule(module, traced, dtype)
     _warned.add(module)
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.harmonization.calls import Call, unit_parameters
-from harmonia.harmonization.layer_grams import Traced
+from harmonia.harmonization.layer_grams import Kept, Traced
 from harmonia.harmonization.rules import module_gram
 
 SPACES: tuple[str, ...] = ("embedding", "parameters", "batch")
@@ -57,9 +57,12 @@ def batch_gram(anchor: Tensor, grads: Tensor, encoder: nn.Module) -> Tensor:
     return (flat @ flat.T)[None]
 
 
-def parameter_gram(anchor: Tensor, grads: Tensor, calls: list[Call]) -> tuple[Tensor, list[Traced]]:
-    """``[B, M, M]``: exact per-sample Grams over the parameters of the captured modules, and
-    the traced calls (the per-loss gradients at their outputs) they were formed from."""
+def parameter_gram(
+    anchor: Tensor, grads: Tensor, calls: list[Call]
+) -> tuple[Tensor, list[Traced], Kept]:
+    """``[B, M, M]``: exact per-sample Grams over the parameters of the captured modules, the
+    traced calls (the per-loss gradients at their outputs) they were formed from, and the
+    per-sample gradients the rules materialized on the way."""
     tasks, batch = grads.shape[:2]
     traced = trace(anchor, grads, calls)
     if not traced:
@@ -72,10 +75,11 @@ def parameter_gram(anchor: Tensor, grads: Tensor, calls: list[Call]) -> tuple[Te
         by_module[id(t.call.module)].append(t)
     dtype = compute_dtype(grads)
     gram = torch.zeros(batch, tasks, tasks, dtype=dtype, device=grads.device)
+    kept = Kept()
     for group in by_module.values():
         module = group[0].call.module
-        gram = gram + module_gram(module, group, dtype).to(dtype)
-    return gram, traced
+        gram = gram + module_gram(module, group, dtype, kept).to(dtype)
+    return gram, traced, kept
 
 
 def trace(anchor: Tensor, grads: Tensor, calls: list[Call]) -> list[Traced]:
