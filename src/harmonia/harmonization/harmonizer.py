@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harmonia.harmonization.calls import unit_parameters
 from harmonia.harmonization.capture import Capture, owners
 from harmonia.harmonization.encoder_grads import (
     backward_without_encoder,
@@ -144,9 +145,9 @@ class Harmonizer:
         try:
             with torch.autocast(anchor.device.type, enabled=False):
                 grads = self._anchor_grads(values, anchor)
-                gram, traced = self._gram(anchor, grads, capture, encoder)
+                gram, layers = self._gram(anchor, grads, capture, encoder)
                 stats = self._combine(names, gram, grads, sample_ids, progress)
-            self._apply(values, anchor, grads, stats, retain_graph, traced)
+            self._apply(values, anchor, grads, stats, retain_graph, layers)
         finally:
             if capture is not None:
                 capture.clear()
@@ -248,7 +249,7 @@ class Harmonizer:
         grads: Tensor,
         stats: HarmonizerStats,
         retain_graph: bool,
-        traced: tuple[list[Traced], Kept] | None,
+        layers: tuple[list[Traced], Kept] | None,
     ) -> None:
         """One backward of ``sum_k L_k`` with the anchor's gradient replaced by the harmonized one.
 
@@ -257,15 +258,18 @@ class Harmonizer:
         encoder's anchor call (`encoder_grads.backward_without_encoder`).
         """
         scale = stats.coefficients * stats.weights[:, None]  # [B or 1, M]
-        if self.method.name == "none" and self.curriculum is None and traced is None:
+        if self.method.name == "none" and self.curriculum is None and layers is None:
             torch.autograd.backward(losses, retain_graph=retain_graph)
             return
         encoder_grads = None
-        if traced is not None and anchor.grad_fn is not None:
-            with torch.no_grad():
-                encoder_grads = encoder_gradients(*traced, scale)
-            if encoder_grads is not None and any(_sharded(p) for p in encoder_grads):
-                encoder_grads = None  # FSDP2 keeps parameters sharded between forward and backward
+        if layers is not None and anchor.grad_fn is not None:
+            traced, kept = layers
+            # FSDP2 keeps parameters sharded between forward and backward: full backward there
+            if not any(
+                _sharded(p) for t in traced for p in unit_parameters(t.call.module).values()
+            ):
+                with torch.no_grad():
+                    encoder_grads = encoder_gradients(traced, kept, scale)
         if encoder_grads is not None:
             backward_without_encoder(losses, anchor, encoder_grads, retain_graph)
             return

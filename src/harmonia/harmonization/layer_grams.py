@@ -368,10 +368,11 @@ def functional_gram(
     for t in traced:
         grads = _per_sample_grads(module, params, t, batch, tasks)
         for name, g in grads.items():
+            g = g.to(dtype)
             total[name] = total[name] + g if name in total else g
-    flat = _cat([g.reshape(batch, tasks, -1).to(dtype) for g in total.values()], -1)
+    flat = _cat([g.reshape(batch, tasks, -1) for g in total.values()], -1)
     if kept is not None:
-        kept.offer(module, {owned[name]: g.to(dtype) for name, g in total.items()})
+        kept.offer(module, {owned[name]: g for name, g in total.items()})
     return flat_gram(flat.unbind(1))
 
 
