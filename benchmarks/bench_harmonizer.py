@@ -6,6 +6,8 @@ video-text) in training mode. Variants are interleaved within every repeat (the 
 from one repeat to the next), and the median time of each is reported with its ratio to plain
 ``sum(losses).backward()``. Time is the process's CPU time by default (one thread), which stays
 meaningful on a machine shared with other jobs; ``--clock wall`` measures wall time instead.
+The ``floor`` row is a plain step plus the M - 1 extra backward passes to the encoder's layer
+outputs that an exact per-sample step needs (`floor_step`): the ratio no such step can beat.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_harmonizer.py --batch-sizes 32 128
 
@@ -52,6 +54,8 @@ DEFAULT_GRID = (
 """(space, method) pairs timed by default."""
 TRANSFORMER_GRID = [("embedding", "none"), ("parameters", "none"), ("parameters", "pcgrad")]
 """(space, method) pairs timed on the nn.TransformerEncoder workload."""
+FLOOR = "floor: plain + M-1 passes"
+"""The `floor_step` variant: no exact per-sample step on the same model can be faster."""
 
 
 def build(
@@ -130,6 +134,33 @@ def torchjd_step(
             retain_graph=True,
         )
         jac_to_grad(shared, aggregator)
+
+    return step
+
+
+def floor_step(
+    run: Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]],
+    clear: Callable[[], None],
+    encoder: torch.nn.Module,
+) -> Step:
+    """A plain step plus the M - 1 extra backward passes from the anchor to the encoder's layer
+    outputs that any exact per-sample method of this kind needs: the speed it cannot exceed.
+
+    Every Gram, realignment and the final backward's savings are left out, so the ratio of this
+    step to plain backward is an upper bound for ``parameters`` space on the same model.
+    """
+
+    def step() -> None:
+        clear()
+        capture = Capture(encoder, keep_outputs=needs_outputs)
+        with capture:
+            named, anchor = run()
+        losses = list(named.values())
+        grads = torch.stack(
+            [torch.autograd.grad(v, anchor, retain_graph=True)[0] for v in losses[1:]]
+        )
+        trace(anchor, grads, capture.calls)
+        torch.autograd.backward(losses)
 
     return step
 
@@ -232,14 +263,15 @@ def breakdown(
     return lines
 
 
-def vatt_breakdown(
-    model: VATT,
-    objective: ContrastiveObjective,
-    batch: dict[str, Any],
-    repeats: int,
-    clock: Callable[[], float],
-) -> list[str]:
-    """`breakdown` of a step of the VATT workload."""
+Pieces = tuple[
+    Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]], Callable[[], None], torch.nn.Module
+]
+"""A workload as ``(run, clear, encoder)``: forward to (losses, anchor), zero the grads, the
+anchor's encoder."""
+
+
+def vatt_pieces(model: VATT, objective: ContrastiveObjective, batch: dict[str, Any]) -> Pieces:
+    """The VATT workload as `Pieces`."""
 
     def run() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         out = model(batch)
@@ -248,7 +280,16 @@ def vatt_breakdown(
     def clear() -> None:
         model.zero_grad(set_to_none=True)
 
-    return breakdown(run, clear, model.anchor_encoder(), repeats, clock)
+    return run, clear, model.anchor_encoder()
+
+
+def transformer_pieces(model: torch_transformer.TriModal, batch: dict[str, torch.Tensor]) -> Pieces:
+    """The nn.TransformerEncoder workload as `Pieces`."""
+
+    def clear() -> None:
+        model.zero_grad(set_to_none=True)
+
+    return lambda: model(batch), clear, model.towers["video"]
 
 
 def memory(steps: dict[str, Step], baseline: str) -> list[str]:
@@ -258,20 +299,6 @@ def memory(steps: dict[str, Step], baseline: str) -> list[str]:
     for name, mib in grown.items():
         lines.append(f"{name:<26} {mib:>8.0f} {mib / grown[baseline]:>5.2f}x")
     return lines
-
-
-def transformer_breakdown(
-    model: torch_transformer.TriModal,
-    batch: dict[str, torch.Tensor],
-    repeats: int,
-    clock: Callable[[], float],
-) -> list[str]:
-    """`breakdown` of a step of the nn.TransformerEncoder workload."""
-
-    def clear() -> None:
-        model.zero_grad(set_to_none=True)
-
-    return breakdown(lambda: model(batch), clear, model.towers["video"], repeats, clock)
 
 
 def main() -> None:
@@ -308,10 +335,12 @@ def main() -> None:
                 title = f"VATT {args.size}"
                 model, objective, batch = build(batch_size, args.size)
                 steps = variants(model, objective, batch, not args.no_torchjd)
+                steps[FLOOR] = floor_step(*vatt_pieces(model, objective, batch))
             else:
                 title = "tri-modal nn.TransformerEncoder"
                 tri, inputs = torch_transformer.build(batch_size)
                 steps = torch_transformer.steps(tri, inputs, TRANSFORMER_GRID)
+                steps[FLOOR] = floor_step(*transformer_pieces(tri, inputs))
             times = measure(steps, args.repeats, args.warmup, clock)
             print(f"\n{title}, B={batch_size}")
             print("\n".join(report(times, "plain backward")))
@@ -322,9 +351,10 @@ def main() -> None:
                 continue
             print(f"\n{title}, B={batch_size}, parameters space, pieces of one step (median)")
             if workload == "vatt":
-                lines = vatt_breakdown(model, objective, batch, args.repeats, clock)
+                pieces = vatt_pieces(model, objective, batch)
             else:
-                lines = transformer_breakdown(tri, inputs, args.repeats, clock)
+                pieces = transformer_pieces(tri, inputs)
+            lines = breakdown(*pieces, args.repeats, clock)
             print("\n".join(lines))
 
 

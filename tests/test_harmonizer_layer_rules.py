@@ -164,7 +164,18 @@ class ConvEncoder(nn.Module):
         grid = self.inp(x).view(batch, steps, 4, *[6] * (self.dims - 1)).transpose(1, 2)
         if self.dims == 1:
             grid = grid.reshape(batch, 4, steps)
-        return F.gelu(self.norm(self.conv(grid))).flatten(2).mean(-1)
+        return F.gelu(self.norm(self.conv(self.layout(grid)))).flatten(2).mean(-1)
+
+    def layout(self, grid: Tensor) -> Tensor:
+        return grid
+
+
+class ChannelsLastConvEncoder(ConvEncoder):
+    """`ConvEncoder` with the conv's input, and so its output and gradients, channels-last."""
+
+    def layout(self, grid: Tensor) -> Tensor:
+        formats = {2: torch.channels_last, 3: torch.channels_last_3d}
+        return grid.contiguous(memory_format=formats[self.dims])
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES))
@@ -172,6 +183,15 @@ def test_convolutions_are_exact_without_fallback(case: str) -> None:
     torch.manual_seed(3)
     conv, options = CONV_CASES[case]
     assert_exact(make_problem(encoder=ConvEncoder(conv, options), seed=15, steps=6), native=True)
+
+
+@pytest.mark.parametrize("case", ["conv2d_groups_stride", "conv3d_full_kernel"])
+def test_channels_last_convolutions_are_exact(case: str) -> None:
+    """VATT's video stem runs channels-last (the clip is decoded ``[T, H, W, C]``)."""
+    torch.manual_seed(3)
+    conv, options = CONV_CASES[case]
+    encoder = ChannelsLastConvEncoder(conv, options)
+    assert_exact(make_problem(encoder=encoder, seed=15, steps=6), native=True)
 
 
 def test_conv_weight_gradients_chunk_over_samples(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -264,8 +264,9 @@ def conv_gram(
                 for t in traced
             )
         if _trainable_bias(module):
+            # per loss, so a channels-last gradient is reduced in place and not copied first
             flat[module.bias] = sum(  # type: ignore[index,assignment]
-                torch.stack([g[rows].to(dtype) for g in t.grad], 1).flatten(3).sum(-1)
+                torch.stack([g[rows].to(dtype).flatten(2).sum(-1) for g in t.grad], 1)
                 for t in traced
             )
         per_loss = torch.cat(list(flat.values()), -1)
