@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/performance_page.py [--data DATASET_DIR] [--out docs/PERFORMANCE.md]
     .venv/bin/python benchmarks/performance_page.py --only pipeline   # rerun one section
+    .venv/bin/python benchmarks/performance_page.py --only time-to-accuracy --source ../shared/data
+
+The time-to-accuracy section trains the demo config four times (about half an hour on 2 cores);
+the rest of the page takes about as long again.
 
 Each benchmark runs in its own process with ``OMP_NUM_THREADS=1``; its markdown output is pasted
 under the command that produced it, with the wall time it took.
@@ -80,7 +84,7 @@ def run(title: str, args: list[str], notes: str) -> str:
     )
 
 
-def benchmarks(data: str | None) -> dict[str, tuple[str, list[str], str]]:
+def benchmarks(data: str | None, source: str | None) -> dict[str, tuple[str, list[str], str]]:
     """Section key -> (title, script and arguments, notes)."""
     return {
         "step": (
@@ -100,12 +104,41 @@ def benchmarks(data: str | None) -> dict[str, tuple[str, list[str], str]]:
             ["bench_pipeline.py"] + (["--data", data] if data else []),
             "The trainer's loader against what the demo configs' training step consumes.",
         ),
+        "harmonizer": (
+            "Parameters space: speed floor, pieces of a step, memory",
+            [
+                *["bench_harmonizer.py", "--workload", "both", "--batch-sizes", "32", "128"],
+                *["--repeats", "5", "--warmup", "1", "--no-torchjd", "--breakdown", "--memory"],
+            ],
+            "VATT tiny (conv video stem) and the tri-modal `nn.TransformerEncoder` of "
+            "`benchmarks/torch_transformer.py`. The floor row is a plain step plus the M - 1 "
+            "extra backward passes to the encoder's layer outputs that an exact per-sample step "
+            "needs, with no Gram at all: no `parameters` step on that model can beat it.",
+        ),
+        "anchors": (
+            "Against the nearest public routes: torchjd autogram and Opacus",
+            ["bench_anchors.py", "--batch-sizes", "32", "128"],
+            "Each public library in the one configuration it supports (the script's docstring "
+            "says which); Opacus is the optional `bench` extra.",
+        ),
+        "time-to-accuracy": (
+            "Time to accuracy: the demo config to zero-shot digit 0.5 / 0.7 / 0.8",
+            ["time_to_accuracy.py"] + (["--source", source] if source else []),
+            "Wall time of training on 2 threads, one run at a time, until a checkpoint's "
+            "zero-shot digit accuracy on the unseen test speaker reaches each target. Finished "
+            "runs in the script's --work folder are reused, so the wall time under the command "
+            "can be far below the runs' own.",
+        ),
     }
 
 
 def replace_section(page: str, title: str, section: str) -> str:
-    """``page`` with its section headed ``## title`` (up to the next ``## ``) replaced."""
-    start = page.index(f"## {title}\n")
+    """``page`` with its section headed ``## title`` (up to the next ``## ``) replaced, or the
+    section added before the GPU section when the page has none yet."""
+    start = page.find(f"## {title}\n")
+    if start < 0:
+        start = end = page.index("## GPU\n")
+        return page[:start] + section + "\n" + page[end:]
     end = page.find("\n## ", start + 1)
     return page[:start] + section + (page[end:] if end >= 0 else "")
 
@@ -113,13 +146,14 @@ def replace_section(page: str, title: str, section: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="a built dataset for the pipeline benchmark")
+    parser.add_argument("--source", help="source data for time_to_accuracy.py's clean build")
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "PERFORMANCE.md"))
     parser.add_argument(
-        "--only", choices=["step", "scaling", "pipeline"], help="rerun one section of the page"
+        "--only", choices=list(benchmarks(None, None)), help="rerun one section of the page"
     )
     args = parser.parse_args()
     out = Path(args.out)
-    table = benchmarks(args.data)
+    table = benchmarks(args.data, args.source)
     if args.only:
         title, script, notes = table[args.only]
         page = replace_section(out.read_text(encoding="utf-8"), title, run(title, script, notes))
