@@ -331,14 +331,20 @@ def test_the_final_backward_skips_the_anchor_encoder_when_every_module_is_covere
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The encoder's realigned gradient comes from the per-loss passes and the per-sample
-    gradients the Gram rules kept (none with a budget of 0); still exact."""
+    gradients the Gram rules kept (none with a budget of 0); still exact. A kept module's
+    output gradients are freed once its Gram is formed, the others' stay for the realignment."""
     from harmonia.harmonization import harmonizer as module
 
     formed = []
+    released = []
     original = module.encoder_gradients
 
-    def spy(*args: object) -> object:
-        formed.append(original(*args))  # type: ignore[arg-type]
+    def spy(traced: list[layer_grams.Traced], kept: layer_grams.Kept, scale: Tensor) -> object:
+        for t in traced:
+            freed = all(g is None for g in t.grads)
+            released.append(freed)
+            assert freed == (t.call.module in kept.by_module), t.call.name
+        formed.append(original(traced, kept, scale))
         return formed[-1]
 
     monkeypatch.setattr(module, "encoder_gradients", spy)
@@ -348,6 +354,8 @@ def test_the_final_backward_skips_the_anchor_encoder_when_every_module_is_covere
     problem = make_problem(encoder=encoder(), seed=20, steps=steps)  # type: ignore[operator]
     assert_exact(problem)
     assert formed and (formed[-1] is not None) == skipped
+    if isinstance(problem.encoder, ConvEncoder):  # a conv and a GroupNorm, kept unless budget 0
+        assert any(released) == (budget is None)
 
 
 @settings(max_examples=40, deadline=None)

@@ -45,6 +45,11 @@ class Traced:
     call: Call
     grads: list[list[Tensor] | None]
 
+    def release(self) -> None:
+        """Free the output gradients once nothing else needs them (they are the largest tensors
+        of a parameters-space step: one per loss at every layer output)."""
+        self.grads = [None] * len(self.grads)
+
     @property
     def grad(self) -> list[Tensor]:
         """Per-loss gradients at the output of a one-output module."""

@@ -79,6 +79,9 @@ def parameter_gram(
     for group in by_module.values():
         module = group[0].call.module
         gram = gram + module_gram(module, group, dtype, kept).to(dtype)
+        if module in kept.by_module:
+            for t in group:
+                t.release()  # its kept per-sample gradients are all the realignment needs
     return gram, traced, kept
 
 
