@@ -11,7 +11,8 @@ outputs that an exact per-sample step needs (`floor_step`): the ratio no such st
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_harmonizer.py --batch-sizes 32 128
 
-``--breakdown`` also times the pieces of a ``parameters``-space step (median ms per piece);
+``--breakdown`` also times the pieces of a ``parameters``-space step (median ms per piece, and
+the peak memory growth once each is done);
 ``--memory`` adds each variant's peak memory growth during one step;
 ``--workload torch-transformer`` (or ``both``) times the tri-modal ``nn.TransformerEncoder`` of
 `torch_transformer` instead, a model written the way PyTorch users write one.
@@ -40,7 +41,7 @@ from harmonia.harmonization.spaces import compute_dtype, trace
 from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
-from harness import peak_rss_growth_mb
+from harness import peak_growth_mb, peak_rss_growth_mb, reset_peak
 
 Step = Callable[[], None]
 DEFAULT_GRID = (
@@ -207,27 +208,37 @@ def breakdown(
     repeats: int,
     clock: Callable[[], float],
 ) -> list[str]:
-    """Median per-step time of each piece of a parameters-space step (after one warm-up step).
+    """Median per-step time of each piece of a parameters-space step (after one warm-up step),
+    and the step's peak memory growth (MiB) once each piece is done, in the last repeat.
 
     ``run()`` is a forward returning the losses and the anchor; ``params()`` clears the grads.
     The pieces are the Harmonizer's own stages, run one by one; Gram rules are summed per kind
     of layer, with wide input projections (far more inputs than outputs) listed apart.
     """
     parts: dict[str, list[float]] = defaultdict(lambda: [0.0] * (repeats + 1))
+    peaks: dict[str, float] = {}
+    since: list[float | None] = [None]  # the step's resident size when its peak was reset
 
     @contextmanager
     def piece(name: str, repeat: int) -> Iterator[None]:
         start = clock()
         yield
         parts[name][repeat] += clock() - start
+        if repeat == repeats:
+            peaks[name] = peak_growth_mb(since[0])
 
     for r in range(repeats + 1):
         params()
+        if r == repeats:
+            since[0] = reset_peak()
         with piece("plain forward", r):
             plain, _ = run()
         with piece("plain backward", r):
             torch.stack(list(plain.values())).sum().backward()
         params()
+        if r == repeats:
+            del plain
+            since[0] = reset_peak()
         capture = Capture(encoder, keep_outputs=needs_outputs)
         with piece("forward with capture", r), capture:
             named, anchor = run()
@@ -257,9 +268,10 @@ def breakdown(
                 torch.autograd.backward(losses)
             else:
                 backward_without_encoder(losses, anchor, found)
-    lines = [f"{'piece':<38} {'ms':>8}"]
+    lines = [f"{'piece':<38} {'ms':>8} {'peak MiB':>9}"]
     for name, per_step in parts.items():
-        lines.append(f"{name:<38} {1000 * statistics.median(per_step[1:]):>8.1f}")
+        ms = 1000 * statistics.median(per_step[1:])
+        lines.append(f"{name:<38} {ms:>8.1f} {peaks[name]:>9.0f}")
     return lines
 
 

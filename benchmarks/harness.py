@@ -62,19 +62,30 @@ def _trim_heap() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def peak_rss_growth_mb(step: Callable[[], None]) -> float:
-    """MiB the resident set grew to at its peak during ``step()``; NaN where Linux's
-    ``/proc/self/clear_refs`` is unavailable."""
+def reset_peak() -> float | None:
+    """Trim the C heap and reset the resident set's high-water mark to the current size; that
+    size (kB), or None where Linux's ``/proc/self/clear_refs`` is unavailable."""
     try:
         _trim_heap()
         before = _status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")
     except OSError:
-        step()
-        return math.nan
+        return None
+    return before
+
+
+def peak_growth_mb(before: float | None) -> float:
+    """MiB the resident set's high-water mark grew past ``before`` (`reset_peak`); NaN without."""
+    return math.nan if before is None else (_status_kb("VmHWM") - before) / 1024
+
+
+def peak_rss_growth_mb(step: Callable[[], None]) -> float:
+    """MiB the resident set grew to at its peak during ``step()``; NaN where Linux's
+    ``/proc/self/clear_refs`` is unavailable."""
+    before = reset_peak()
     step()
-    return (_status_kb("VmHWM") - before) / 1024
+    return peak_growth_mb(before)
 
 
 def paired_ratios(times: Mapping[str, Sequence[float]], baseline: str) -> dict[str, list[float]]:

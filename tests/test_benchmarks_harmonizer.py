@@ -34,3 +34,4 @@ def test_a_tiny_run_reports_every_variant_the_floor_and_the_breakdown() -> None:
     assert len(pieces) == 2
     for table in pieces:
         assert "backward passes to layer outputs" in table and "final backward" in table
+        assert "peak MiB" in table
