@@ -260,6 +260,9 @@ def breakdown(
                 name = f"Gram of Linear {module.in_features}->{module.out_features}"
             with piece(name, r):
                 module_gram(module, group, compute_dtype(grads), kept)
+                if module in kept.by_module:  # as `spaces.parameter_gram` does
+                    for t in group:
+                        t.release()
         with piece("encoder's realigned gradient", r), torch.no_grad():
             scale = torch.ones(anchor.shape[0], len(losses), dtype=torch.float64)
             found = encoder_gradients(traced, kept, scale)
