@@ -61,8 +61,9 @@ def parameter_gram(
     anchor: Tensor, grads: Tensor, calls: list[Call]
 ) -> tuple[Tensor, list[Traced], Kept]:
     """``[B, M, M]``: exact per-sample Grams over the parameters of the captured modules, the
-    traced calls (the per-loss gradients at their outputs) they were formed from, and the
-    per-sample gradients the rules materialized on the way."""
+    traced calls they were formed from (with the per-loss gradients at their outputs, released
+    where kept per-sample gradients replace them), and the per-sample gradients the rules
+    materialized on the way (`Kept`)."""
     tasks, batch = grads.shape[:2]
     traced = trace(anchor, grads, calls)
     if not traced:
