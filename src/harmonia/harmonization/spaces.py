@@ -79,11 +79,18 @@ def parameter_gram(
     kept = Kept()
     for group in by_module.values():
         module = group[0].call.module
-        gram = gram + module_gram(module, group, dtype, kept).to(dtype)
-        if module in kept.by_module:
-            for t in group:
-                t.release()  # its kept per-sample gradients are all the realignment needs
+        gram = gram + released_gram(module, group, dtype, kept).to(dtype)
     return gram, traced, kept
+
+
+def released_gram(module: nn.Module, group: list[Traced], dtype: torch.dtype, kept: Kept) -> Tensor:
+    """`module_gram` of one module's calls; where its per-sample gradients were kept, its output
+    gradients are released at once (the kept ones are all the realignment needs)."""
+    gram = module_gram(module, group, dtype, kept)
+    if module in kept.by_module:
+        for t in group:
+            t.release()
+    return gram
 
 
 def trace(anchor: Tensor, grads: Tensor, calls: list[Call]) -> list[Traced]:
