@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench_harmonizer import build, measure, report
+from bench_harmonizer import anchor_grads, build, measure, report
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.methods import PCGrad
 from harmonia.losses import ContrastiveObjective
@@ -91,9 +91,7 @@ def torchjd_step(model: VATT, objective: ContrastiveObjective, batch: dict[str, 
     def step() -> None:
         model.zero_grad(set_to_none=True)
         losses, anchor = _losses(model, objective, batch)
-        grads = torch.stack(
-            [torch.autograd.grad(v, anchor, retain_graph=True)[0] for v in losses.values()]
-        )
+        grads = anchor_grads(list(losses.values()), anchor)
         pseudo = torch.stack([(anchor * u.detach()).flatten(1).sum(1) for u in grads], 1)
         batch_size, tasks = pseudo.shape
         gramian = engine.compute_gramian(pseudo).view(batch_size, tasks, batch_size, tasks)

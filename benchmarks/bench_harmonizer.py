@@ -36,8 +36,8 @@ from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.capture import Capture
 from harmonia.harmonization.encoder_grads import backward_without_encoder, encoder_gradients
 from harmonia.harmonization.layer_grams import Kept, Traced
-from harmonia.harmonization.rules import module_gram, needs_outputs
-from harmonia.harmonization.spaces import compute_dtype, trace
+from harmonia.harmonization.rules import needs_outputs
+from harmonia.harmonization.spaces import compute_dtype, released_gram, trace
 from harmonia.losses import ContrastiveObjective, default_specs
 from harmonia.models import VATT, ModelConfig, WordTokenizer
 from harmonia.models.synthetic import WORDS, random_batch
@@ -139,6 +139,11 @@ def torchjd_step(
     return step
 
 
+def anchor_grads(losses: Sequence[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
+    """``[M, B, ...]``: each loss's gradient at the anchor (the graph is kept)."""
+    return torch.stack([torch.autograd.grad(v, anchor, retain_graph=True)[0] for v in losses])
+
+
 def floor_step(
     run: Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]],
     clear: Callable[[], None],
@@ -157,10 +162,7 @@ def floor_step(
         with capture:
             named, anchor = run()
         losses = list(named.values())
-        grads = torch.stack(
-            [torch.autograd.grad(v, anchor, retain_graph=True)[0] for v in losses[1:]]
-        )
-        trace(anchor, grads, capture.calls)
+        trace(anchor, anchor_grads(losses[1:], anchor), capture.calls)
         torch.autograd.backward(losses)
 
     return step
@@ -217,7 +219,7 @@ def breakdown(
     """
     parts: dict[str, list[float]] = defaultdict(lambda: [0.0] * (repeats + 1))
     peaks: dict[str, float] = {}
-    since: list[float | None] = [None]  # the step's resident size when its peak was reset
+    since: float | None = None  # the step's resident size when its peak was reset
 
     @contextmanager
     def piece(name: str, repeat: int) -> Iterator[None]:
@@ -225,28 +227,25 @@ def breakdown(
         yield
         parts[name][repeat] += clock() - start
         if repeat == repeats:
-            peaks[name] = peak_growth_mb(since[0])
+            peaks[name] = peak_growth_mb(since)
 
     for r in range(repeats + 1):
         params()
         if r == repeats:
-            since[0] = reset_peak()
+            since = reset_peak()
         with piece("plain forward", r):
             plain, _ = run()
         with piece("plain backward", r):
             torch.stack(list(plain.values())).sum().backward()
         params()
         if r == repeats:
-            del plain
-            since[0] = reset_peak()
+            since = reset_peak()
         capture = Capture(encoder, keep_outputs=needs_outputs)
         with piece("forward with capture", r), capture:
             named, anchor = run()
         losses = list(named.values())
         with piece("anchor gradients (loss side)", r):
-            grads = torch.stack(
-                [torch.autograd.grad(v, anchor, retain_graph=True)[0] for v in losses]
-            )
+            grads = anchor_grads(losses, anchor)
         with piece("backward passes to layer outputs", r):
             traced = trace(anchor, grads, capture.calls)
         groups: dict[int, list[Traced]] = defaultdict(list)
@@ -259,10 +258,7 @@ def breakdown(
             if isinstance(module, torch.nn.Linear) and module.in_features > 4 * module.out_features:
                 name = f"Gram of Linear {module.in_features}->{module.out_features}"
             with piece(name, r):
-                module_gram(module, group, compute_dtype(grads), kept)
-                if module in kept.by_module:  # as `spaces.parameter_gram` does
-                    for t in group:
-                        t.release()
+                released_gram(module, group, compute_dtype(grads), kept)
         with piece("encoder's realigned gradient", r), torch.no_grad():
             scale = torch.ones(anchor.shape[0], len(losses), dtype=torch.float64)
             found = encoder_gradients(traced, kept, scale)
