@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from torch import Tensor, nn
 
-from harmonia.harmonization import Harmonizer, layer_grams
+from harmonia.harmonization import Harmonizer, attention, layer_grams
+from harmonia.harmonization.capture import Capture
 from harmonia.harmonization.rules import FallbackWarning, rule_for
 from harmonizer_reference import assert_exact, harmonized_grads, make_problem
 
@@ -81,6 +82,7 @@ ATTENTION_CASES = {
     "no_bias": {"bias": False},
     "cross_kdim": {"cross": True, "kdim": 6},
     "called_twice": {"twice": True},
+    "cross_then_self": {"cross": True, "twice": True},  # separate and packed projections mix
     "need_weights": {"need_weights": True, "mask": "float_and_padding"},
     "causal_bool_mask": {"mask": "causal_bool"},
     "sdpa_float_and_padding": {"mask": "float_and_padding"},
@@ -93,6 +95,21 @@ def test_multihead_attention_is_exact_without_fallback(case: str) -> None:
     torch.manual_seed(0)
     encoder = AttentionEncoder(**ATTENTION_CASES[case])  # type: ignore[arg-type]
     assert_exact(make_problem(encoder=encoder, seed=11, steps=STEPS), native=True)
+
+
+def test_self_attention_records_one_packed_projection() -> None:
+    """Self-attention projects query, key and value in one product, as the module's own forward
+    does, so its gradient arrives as one tensor; cross-attention keeps three projections."""
+    torch.manual_seed(0)
+    encoder = AttentionEncoder(cross=True, twice=True)
+    x = torch.randn(4, STEPS, 3)
+    capture = Capture(encoder)
+    with capture:
+        got = encoder(x)
+    torch.testing.assert_close(got, encoder(x), rtol=1e-6, atol=1e-6)
+    output = attention.PROJECTIONS.index("output")
+    recorded = [c.positions for c in capture.calls if c.module is encoder.attn]
+    assert recorded == [[0, 1, 2, output], [output, attention.PACKED]]
 
 
 class TransformerTower(nn.Module):
@@ -414,3 +431,48 @@ def test_per_sample_conv_weight_gradients_match_autograd(
         ]
     )
     torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5)),
+    seed=st.integers(0, 2**16),
+)
+def test_live_rows_are_the_rows_with_any_nonzero_or_nan_entry(
+    shape: tuple[int, int, int], seed: int
+) -> None:
+    """`layer_grams.live_rows` against the plain definition, with negative-only rows, signed zeros
+    and NaN (a NaN row must stay: dropping it would hide the NaN from the Gram)."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.randn(shape, generator=gen)
+    d[torch.rand(shape, generator=gen) < 0.6] = 0.0
+    d[torch.rand(shape, generator=gen) < 0.1] = -0.0
+    d[torch.rand(shape, generator=gen) < 0.2] = -1.0
+    d[torch.rand(shape, generator=gen) < 0.05] = torch.nan
+    want = (d.ne(0) | d.isnan()).any(-1).any(0)
+    assert torch.equal(layer_grams.live_rows(d), want)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    tasks=st.integers(1, 3),
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_stacked_gram_is_the_per_sample_gram_of_flattened_gradients(
+    batch: int, tasks: int, shape: list[int], seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    grads = torch.randn(batch, tasks, *shape, generator=gen, dtype=torch.float64)
+    want = torch.stack(
+        [
+            torch.stack([(grads[b, k] * grads[b, m]).sum() for m in range(tasks)])
+            for b in range(batch)
+            for k in range(tasks)
+        ]
+    ).view(batch, tasks, tasks)
+    torch.testing.assert_close(layer_grams.stacked_gram(grads), want, rtol=1e-12, atol=1e-12)
+    other = torch.randn(batch, tasks, 3, generator=gen, dtype=torch.float64)
+    both = layer_grams.params_gram({grads: grads, other: other})
+    torch.testing.assert_close(both, want + layer_grams.stacked_gram(other), rtol=1e-12, atol=1e-12)

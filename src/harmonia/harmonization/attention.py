@@ -6,7 +6,10 @@ per sample). While a `Capture` is active a covered MultiheadAttention runs the s
 written out of its parts instead: the query, key and value projections, scaled dot-product
 attention and the output projection (`attend`). Each projection is a linear layer whose input and
 output edge are recorded, so `attention_gram` sums four `linear_weight_gram` terms; the weight
-blocks are disjoint parameters, so their Grams add. Attention dropout needs no replay here.
+blocks are disjoint parameters, so their Grams add. Self-attention with one ``in_proj_weight``
+projects query, key and value in one product and records that (``packed``), as the module's own
+forward does: its gradient arrives as one ``[B, L, 3E]`` tensor and needs no joining. Attention
+dropout needs no replay here.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from harmonia.harmonization.calls import Call
-from harmonia.harmonization.layer_grams import Traced, flat_gram, linear_weight_gram
+from harmonia.harmonization.layer_grams import Traced, _cat, flat_gram, linear_weight_gram
 
-PROJECTIONS: tuple[str, ...] = ("query", "key", "value", "output")
-"""The four linear maps of a recorded call; its ``args`` are their inputs, in this order."""
+PROJECTIONS: tuple[str, ...] = ("query", "key", "value", "output", "packed")
+"""The linear maps of a recorded call; its ``args`` are their inputs, in this order. ``packed``
+is query, key and value in one product of the whole ``in_proj_weight`` (self-attention)."""
+PACKED = PROJECTIONS.index("packed")
 
 
 def covered(module: nn.Module) -> TypeGuard[nn.MultiheadAttention]:
@@ -63,8 +68,17 @@ def projection_parameters(
     else:
         inner = [module.q_proj_weight, module.k_proj_weight, module.v_proj_weight]
     out = module.out_proj
-    pairs = [*((w, module.in_proj_bias) for w in inner), (out.weight, out.bias)]
+    pairs = [
+        *((w, module.in_proj_bias) for w in inner),
+        (out.weight, out.bias),
+        (module.in_proj_weight, module.in_proj_bias),
+    ]
     return [(trainable(w), trainable(b)) for w, b in pairs]
+
+
+def packs(module: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor) -> bool:
+    """Whether `attend` projects query, key and value in one product (``packed``)."""
+    return module._qkv_same_embed_dim and query is key is value
 
 
 def _additive_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -95,7 +109,13 @@ def attend(module: nn.MultiheadAttention, name: str, record: Callable[[Call], No
         if is_causal and attn_mask is None:
             raise RuntimeError(f"{name}: is_causal needs attn_mask (as nn.MultiheadAttention)")
         (wq, bq), (wk, bk), (wv, bv), (wo, bo) = _weights(module)
-        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        packed = None
+        if packs(module, query, key, value):
+            assert module.in_proj_weight is not None
+            packed = F.linear(query, module.in_proj_weight, module.in_proj_bias)
+            q, k, v = packed.chunk(3, -1)
+        else:
+            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
         batch, length, width = q.shape
         heads, sources = module.num_heads, k.shape[1]
 
@@ -122,19 +142,21 @@ def attend(module: nn.MultiheadAttention, name: str, record: Callable[[Call], No
             context = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(batch, length, width)
         out = F.linear(context, wo, bo)
-        produced = [q, k, v, out]
-        positions = [j for j, t in enumerate(produced) if t.requires_grad]
+        produced: list[Tensor | None] = [q, k, v, out, None]
+        if packed is not None:
+            produced = [None, None, None, out, packed]
+        positions = [j for j, t in enumerate(produced) if t is not None and t.requires_grad]
         if positions:
             record(
                 Call(
                     module,
                     name,
-                    (query, key, value, context),
+                    (query, key, value, context, query),
                     {},
                     [],
-                    [produced[j].shape for j in positions],
+                    [produced[j].shape for j in positions],  # type: ignore[union-attr]
                     positions,
-                    [get_gradient_edge(produced[j]) for j in positions],
+                    [get_gradient_edge(produced[j]) for j in positions],  # type: ignore[arg-type]
                 )
             )
         if weights is not None and average_attn_weights:
@@ -144,52 +166,42 @@ def attend(module: nn.MultiheadAttention, name: str, record: Callable[[Call], No
     return forward
 
 
-def _self_attention(module: nn.MultiheadAttention, traced: list[Traced]) -> bool:
-    """Every call attends over its own input, with gradients at all three trainable projections."""
-    weight = module.in_proj_weight
-    if not (module._qkv_same_embed_dim and weight is not None and weight.requires_grad):
-        return False
-    for t in traced:
-        grads = dict(zip(t.call.positions, t.grads, strict=True))
-        if not (t.call.args[0] is t.call.args[1] is t.call.args[2]):
-            return False
-        if any(grads.get(j) is None for j in range(3)):
-            return False
-    return True
-
-
 def attention_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
-    """Four linear layers: rows are each projection's inputs, over all calls (cross terms kept)."""
+    """Linear layers: rows are each projection's inputs, over all calls (cross terms kept).
+
+    Where every call on the path is packed, ``in_proj_weight`` is one ``[3E, E]`` layer; where
+    packed and separate calls mix, a packed gradient is split into its three blocks.
+    """
     assert isinstance(module, nn.MultiheadAttention)
     on_path = next(g for g in traced[0].grads if g is not None)
     tasks, batch = len(on_path), on_path[0].shape[0]
+    projections = projection_parameters(module)
+    whole = all(PACKED in t.call.positions for t in traced)
     inputs: list[list[Tensor]] = [[] for _ in PROJECTIONS]
     grads: list[list[list[Tensor]]] = [[[] for _ in range(tasks)] for _ in PROJECTIONS]
     for t in traced:
         for j, g in zip(t.call.positions, t.grads, strict=True):
             if g is None:
                 continue
-            inputs[j].append(t.call.args[j].reshape(batch, -1, t.call.args[j].shape[-1]))
+            rows = t.call.args[j].reshape(batch, -1, t.call.args[j].shape[-1])
+            if j == PACKED and not whole:
+                for block in range(3):
+                    inputs[block].append(rows)
+                    for k in range(tasks):
+                        grads[block][k].append(
+                            g[k].chunk(3, -1)[block].reshape(*rows.shape[:2], -1)
+                        )
+                continue
+            inputs[j].append(rows)
             for k in range(tasks):
                 grads[j][k].append(g[k].reshape(batch, -1, g[k].shape[-1]))
     gram = torch.zeros(batch, tasks, tasks, dtype=dtype, device=on_path[0].device)
-    projections = projection_parameters(module)
-    if _self_attention(module, traced):  # one input: one Gram of the whole [3E, E] in_proj_weight
-        weight, bias = projections[0]
-        d = [
-            torch.cat([torch.cat(grads[j][k], 1) for j in range(3)], -1).to(dtype)
-            for k in range(tasks)
-        ]
-        gram = gram + linear_weight_gram(torch.cat(inputs[0], 1).to(dtype), d)
-        if bias is not None:
-            gram = gram + flat_gram([dk.sum(1) for dk in d])
-        projections = [(None, None)] * 3 + projections[3:]
     for j, (weight, bias) in enumerate(projections):
         if not inputs[j] or (weight is None and bias is None):
             continue
-        d = [torch.cat(parts, 1).to(dtype) for parts in grads[j]]
+        d = [_cat(parts, 1).to(dtype) for parts in grads[j]]
         if weight is not None:
-            gram = gram + linear_weight_gram(torch.cat(inputs[j], 1).to(dtype), d)
+            gram = gram + linear_weight_gram(_cat(inputs[j], 1).to(dtype), d)
         if bias is not None:  # the blocks of in_proj_bias are disjoint entries: their Grams add
             gram = gram + flat_gram([dk.sum(1) for dk in d])
     return gram

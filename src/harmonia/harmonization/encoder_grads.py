@@ -29,6 +29,7 @@ from harmonia.harmonization.layer_grams import (
     covered_conv,
     normalized_rows,
     padded,
+    rows_with_gradient,
 )
 from harmonia.harmonization.rules import NORMS
 from harmonia.harmonization.spaces import compute_dtype
@@ -88,8 +89,10 @@ def realigned(per_loss: Sequence[Tensor], scale: Tensor) -> Tensor:
     half precision combined in float32."""
     shape = (scale.shape[0], *([1] * (per_loss[0].dim() - 1)))
     dtype = compute_dtype(per_loss[0])
-    total = sum(scale[:, k].to(dtype).view(shape) * g.to(dtype) for k, g in enumerate(per_loss))
-    assert isinstance(total, Tensor)
+    weights = scale.to(dtype).T.reshape(len(per_loss), *shape)
+    total = per_loss[0].to(dtype) * weights[0]
+    for g, w in zip(per_loss[1:], weights[1:], strict=True):
+        total.addcmul_(g.to(dtype), w)  # in place: one output, no temporaries of its size
     return total
 
 
@@ -119,13 +122,15 @@ def _trainable(p: Tensor | None) -> bool:
 def _linear_pair(
     weight: Tensor | None, bias: Tensor | None, a: Tensor, d: Tensor
 ) -> list[tuple[Tensor, Tensor]]:
-    """Weight and bias gradients of ``y = a W^T + b`` from its output gradient ``d``."""
-    rows = d.reshape(-1, d.shape[-1])
+    """Weight and bias gradients of ``y = a W^T + b`` from its output gradient ``d``; the
+    weight's product skips rows that carry no gradient (`rows_with_gradient`)."""
+    d = d.reshape(d.shape[0], -1, d.shape[-1])
     out = []
     if weight is not None and _trainable(weight):
-        out.append((weight, rows.T @ a.reshape(-1, a.shape[-1]).to(rows.dtype)))
+        a_live, (d_live,) = rows_with_gradient(a.reshape(d.shape[0], -1, a.shape[-1]), [d])
+        out.append((weight, d_live.flatten(0, 1).T @ a_live.flatten(0, 1).to(d.dtype)))
     if bias is not None and _trainable(bias):
-        out.append((bias, rows.sum(0)))
+        out.append((bias, d.sum((0, 1))))
     return out  # type: ignore[return-value]
 
 
@@ -184,15 +189,20 @@ def _embedding(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tup
 
 
 def _attention(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
-    """Four linear layers; the three input projections' blocks are put back into one weight."""
+    """Linear layers; separate query / key / value blocks are put back into one weight."""
     assert isinstance(module, nn.MultiheadAttention)
+    out: list[tuple[Tensor, Tensor]] = []
     blocks: dict[int, list[tuple[Tensor, Tensor]]] = {}
     pairs = attention.projection_parameters(module)
     for j, grad in zip(t.call.positions, d, strict=True):
-        if grad is not None:
-            weight, bias = pairs[j]
-            blocks[j] = _linear_pair(weight, bias, t.call.args[j], grad)
-    out: list[tuple[Tensor, Tensor]] = list(blocks.pop(3, []))
+        if grad is None:
+            continue
+        weight, bias = pairs[j]
+        found = _linear_pair(weight, bias, t.call.args[j], grad)
+        if j in (attention.PROJECTIONS.index("output"), attention.PACKED):
+            out += found
+        else:
+            blocks[j] = found
     whole: dict[Tensor, list[Tensor | None]] = {}
     for j in range(3):  # in_proj_weight / in_proj_bias hold the three blocks in order
         for p, g in blocks.get(j, []):

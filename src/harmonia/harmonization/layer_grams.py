@@ -92,6 +92,14 @@ def _cat(parts: list[Tensor], dim: int) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
+def _summed(parts: list[Tensor]) -> Tensor:
+    """The sum of same-shape tensors, without a copy when there is one."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 def pairwise(inner: Callable[[int, int], Tensor], tasks: int) -> Tensor:
     """The symmetric ``[B, M, M]`` whose entry ``(k, l)`` is ``inner(k, l)`` (``[B]``, ``k <= l``)."""
     entries: dict[tuple[int, int], Tensor] = {}
@@ -104,7 +112,23 @@ def pairwise(inner: Callable[[int, int], Tensor], tasks: int) -> Tensor:
 
 def flat_gram(flat: Sequence[Tensor]) -> Tensor:
     """Per-sample Gram of flat per-loss gradients ``[B, P]`` (one per loss): ``[B, M, M]``."""
-    return pairwise(lambda k, m: (flat[k] * flat[m]).sum(-1), len(flat))
+    return stacked_gram(torch.stack(list(flat), 1))
+
+
+def stacked_gram(per_loss: Tensor) -> Tensor:
+    """``[B, M, M]`` from per-sample, per-loss gradients ``[B, M, ...]``: one batched product.
+
+    A product per pair of losses would write a temporary the size of the gradients for each
+    pair; on gradients larger than the cache that was about 10x slower on CPU.
+    """
+    flat = per_loss.flatten(2)
+    return flat @ flat.transpose(1, 2)
+
+
+def params_gram(grads: dict[Tensor, Tensor]) -> Tensor:
+    """The Gram over several parameters' per-sample, per-loss gradients ``[B, M, *shape]``."""
+    parts = [stacked_gram(g) for g in grads.values()]
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
 
 
 def ghost_gram(rows: Sequence[Tensor], cross: Tensor) -> Tensor:
@@ -150,7 +174,7 @@ def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
     memory. Rows no loss sends gradient to in any sample are left out first (after the last
     attention only the pooled token's row reaches the anchor; tokens dropped later carry none).
     """
-    a, d = _rows_with_gradient(a, d)
+    a, d = rows_with_gradient(a, d)
     tasks = len(d)
     batch, steps, width_out = d[0].shape
     width_in = a.shape[-1]
@@ -162,15 +186,29 @@ def linear_weight_gram(a: Tensor, d: Sequence[Tensor]) -> Tensor:
     chunk = max(1, MATERIALIZE_BUDGET // (tasks * width_out * width_in))
     parts = []
     for start in range(0, batch, chunk):
-        a_part = a[start : start + chunk].transpose(1, 2)
-        per_sample = [(a_part @ dk[start : start + chunk]).flatten(1) for dk in d]
-        parts.append(flat_gram(per_sample))
+        rows = slice(start, start + chunk)
+        parts.append(stacked_gram(linear_weight_grads(a[rows], [dk[rows] for dk in d])))
     return _cat(parts, 0)
 
 
-def _rows_with_gradient(a: Tensor, d: Sequence[Tensor]) -> tuple[Tensor, Sequence[Tensor]]:
+def linear_weight_grads(a: Tensor, d: Sequence[Tensor]) -> Tensor:
+    """Per-sample, per-loss ``sum_t a_t d_kt^T``: ``[B, M, I, O]`` (the weight's transpose), one
+    batched product for all losses."""
+    return a.transpose(1, 2)[:, None] @ torch.stack(list(d), 1)
+
+
+def live_rows(d: Tensor) -> Tensor:
+    """``[T]``: where rows ``d[:, t]`` of ``d [B, T, O]`` hold a nonzero (or NaN) entry.
+
+    Two reductions along the contiguous last dimension and no temporary the size of ``d`` (an
+    ``abs`` or ``ne`` copy of a layer's output gradient cost more than the reductions).
+    """
+    return (d.amax(-1).ne(0) | d.amin(-1).ne(0)).any(0)
+
+
+def rows_with_gradient(a: Tensor, d: Sequence[Tensor]) -> tuple[Tensor, Sequence[Tensor]]:
     """``a``, ``d`` without the rows ``t`` where every ``d[k][:, t]`` is zero (they add nothing)."""
-    live = torch.stack([dk.ne(0).any(-1).any(0) for dk in d]).any(0)
+    live = torch.stack([live_rows(dk) for dk in d]).any(0)
     if bool(live.all()):
         return a, d
     index = live.nonzero().squeeze(1)
@@ -262,20 +300,23 @@ def conv_gram(
         rows = slice(start, start + chunk)
         flat: dict[Tensor, Tensor] = {}
         if module.weight.requires_grad:
-            flat[module.weight] = sum(  # type: ignore[assignment]
-                conv_weight_grads(
-                    module, _input(t.call)[rows].to(dtype), [g[rows].to(dtype) for g in t.grad]
-                )
-                for t in traced
+            flat[module.weight] = _summed(
+                [
+                    conv_weight_grads(
+                        module, _input(t.call)[rows].to(dtype), [g[rows].to(dtype) for g in t.grad]
+                    )
+                    for t in traced
+                ]
             )
         if _trainable_bias(module):
             # per loss, so a channels-last gradient is reduced in place and not copied first
-            flat[module.bias] = sum(  # type: ignore[index,assignment]
-                torch.stack([g[rows].to(dtype).flatten(2).sum(-1) for g in t.grad], 1)
-                for t in traced
+            flat[module.bias] = _summed(  # type: ignore[index]
+                [
+                    torch.stack([g[rows].to(dtype).flatten(2).sum(-1) for g in t.grad], 1)
+                    for t in traced
+                ]
             )
-        per_loss = torch.cat(list(flat.values()), -1)
-        parts.append(flat_gram(list(per_loss.unbind(1))))
+        parts.append(params_gram(flat))
     if kept is not None and chunk >= batch:
         kept.offer(module, {p: g.view(batch, tasks, *p.shape) for p, g in flat.items()})
     return _cat(parts, 0)
@@ -337,10 +378,9 @@ def norm_gram(
         grads[module.weight] = torch.stack([(normalized * dk).sum(1) for dk in d], 1)  # type: ignore[index]
     if with_bias:
         grads[module.bias] = torch.stack([dk.sum(1) for dk in d], 1)  # type: ignore[index]
-    per_loss = torch.cat(list(grads.values()), -1)
     if kept is not None:
         kept.offer(module, {p: g.view(batch, len(d), *p.shape) for p, g in grads.items()})
-    return flat_gram(list(per_loss.unbind(1)))
+    return params_gram(grads)
 
 
 def embedding_gram(module: nn.Module, traced: list[Traced], dtype: torch.dtype) -> Tensor:
@@ -376,10 +416,9 @@ def functional_gram(
         for name, g in grads.items():
             g = g.to(dtype)
             total[name] = total[name] + g if name in total else g
-    flat = _cat([g.reshape(batch, tasks, -1) for g in total.values()], -1)
     if kept is not None:
         kept.offer(module, {owned[name]: g for name, g in total.items()})
-    return flat_gram(flat.unbind(1))
+    return params_gram({owned[name]: g.reshape(batch, tasks, -1) for name, g in total.items()})
 
 
 def _whole(param: Tensor) -> Tensor:
