@@ -414,8 +414,9 @@ def test_per_sample_conv_weight_gradients_match_autograd(
         padding_mode=mode,
     ).double()
     x = torch.randn(3, groups * channels[0], *[7] * dims, dtype=torch.float64)
-    if channels_last and dims == 2:
-        x = x.to(memory_format=torch.channels_last)
+    formats = {2: torch.channels_last, 3: torch.channels_last_3d}
+    if channels_last and dims in formats:  # the position-major route
+        x = x.to(memory_format=formats[dims])
     y = conv(x)
     d = [torch.randn_like(y) for _ in range(2)]
     got = layer_grams.conv_weight_grads(conv, x, d)

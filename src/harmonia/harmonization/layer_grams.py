@@ -262,6 +262,8 @@ def conv_weight_grads(
     few samples at a time (`COLUMNS_BUDGET`). This was about 2x faster on CPU than one grouped
     weight-gradient convolution with the samples folded into channels.
     """
+    if module.groups == 1 and x.dim() > 3 and x.stride(1) == 1 and d[0].stride(1) == 1:
+        return _channels_last_weight_grads(module, x, d)
     batch, tasks, groups = x.shape[0], len(d), module.groups
     grid = d[0].shape[2:]
     positions = math.prod(grid)
@@ -280,6 +282,45 @@ def conv_weight_grads(
         )
         weight = g @ cols.transpose(2, 3)  # [b, groups, M O / groups, C / groups * kernel]
         parts.append(weight.reshape(b, groups, tasks, -1).transpose(1, 2).reshape(b, tasks, -1))
+    return _cat(parts, 0)
+
+
+def _channels_last_weight_grads(
+    module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, d: Sequence[Tensor]
+) -> Tensor:
+    """`conv_weight_grads` for channels-last inputs and output gradients, one group.
+
+    Patches are taken position-major (``[b, positions, kernel C]``, channels innermost as the
+    input holds them) and each output gradient is read as ``[b, positions, O]`` without a copy.
+    The product is formed as ``patches^T grad`` (``[kernel C, O]``): for a stem's few channels
+    that shape ran about 1.4x faster on CPU than ``grad^T patches``.
+    """
+    batch, tasks = x.shape[0], len(d)
+    grid, width = d[0].shape[2:], module.in_channels
+    positions, taps = math.prod(grid), math.prod(module.kernel_size)
+    chunk = max(1, COLUMNS_BUDGET // (width * taps * positions))
+    dims = range(len(module.kernel_size))
+    parts = []
+    for start in range(0, batch, chunk):
+        x_part = padded(module, x[start : start + chunk])
+        step = x_part.stride()
+        view = x_part.as_strided(
+            (x_part.shape[0], *grid, *module.kernel_size, width),
+            (
+                step[0],
+                *(step[2 + i] * module.stride[i] for i in dims),
+                *(step[2 + i] * module.dilation[i] for i in dims),
+                step[1],
+            ),
+        )
+        cols = view.reshape(x_part.shape[0], positions, taps * width).transpose(1, 2)
+        per_loss = [
+            cols @ dk[start : start + chunk].movedim(1, -1).reshape(x_part.shape[0], positions, -1)
+            for dk in d
+        ]  # [b, kernel C, O] each
+        # -> [b, M, O, C, kernel]: the weight's own entry order
+        weight = torch.stack(per_loss, 1).view(x_part.shape[0], tasks, taps, width, -1)
+        parts.append(weight.permute(0, 1, 4, 3, 2).reshape(x_part.shape[0], tasks, -1))
     return _cat(parts, 0)
 
 
