@@ -78,9 +78,18 @@ def run(title: str, args: list[str], notes: str) -> str:
         raise SystemExit(f"{args[0]} failed:\n{done.stderr}")
     command = " ".join(["OMP_NUM_THREADS=1 .venv/bin/python", f"benchmarks/{args[0]}", *args[1:]])
     print(f"{args[0]}: {seconds:.0f} s", file=sys.stderr, flush=True)
+    return section(title, notes, command, seconds, done.stdout)
+
+
+def section(title: str, notes: str, command: str, seconds: float, output: str) -> str:
+    """One section of the page. Output with markdown tables is pasted as it is; any other output
+    (column-aligned text) goes in a text block, which keeps its columns when rendered."""
+    output = output.strip()
+    if not any(line.startswith("| ") for line in output.splitlines()):
+        output = f"```text\n{output}\n```"
     return (
         f"## {title}\n\n{notes}\n\n```bash\n{command}\n```\n\n"
-        f"Output ({seconds:.0f} s wall):\n\n{done.stdout.strip()}\n"
+        f"Output ({seconds:.0f} s wall):\n\n{output}\n"
     )
 
 

@@ -71,3 +71,16 @@ def test_a_new_section_goes_before_the_gpu_section_and_an_old_one_is_replaced(
     assert added == "# P\n\n## Step\n\nold step\n\n## New\n\nnew\n\n## GPU\n\ngpu\n"
     replaced = page.replace_section(added, "Step", "## Step\n\nnew step\n")
     assert replaced == "# P\n\n## Step\n\nnew step\n\n## New\n\nnew\n\n## GPU\n\ngpu\n"
+
+
+def test_column_aligned_output_goes_in_a_text_block_and_markdown_tables_do_not(
+    scripts: tuple[ModuleType, ModuleType],
+) -> None:
+    _, page = scripts
+    aligned = "variant      ratio\nplain        1.00x\n"
+    table = "header line\n\n| arm | time |\n| --- | ---: |\n| baseline | 3 s |\n"
+    boxed = page.section("T", "notes", "cmd", 2.0, aligned)
+    assert "Output (2 s wall):\n\n```text\nvariant      ratio\nplain        1.00x\n```\n" in boxed
+    pasted = page.section("T", "notes", "cmd", 2.0, table)
+    assert pasted.endswith("Output (2 s wall):\n\n" + table.strip() + "\n")
+    assert "```text" not in pasted
