@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from torch import Tensor, nn
 
-from harmonia.harmonization import Harmonizer, attention, layer_grams
+from harmonia.harmonization import Harmonizer, attention, conv_grams, layer_grams
 from harmonia.harmonization.capture import Capture
 from harmonia.harmonization.rules import FallbackWarning, rule_for
 from harmonizer_reference import assert_exact, harmonized_grads, make_problem
@@ -400,7 +400,7 @@ def test_per_sample_conv_weight_gradients_match_autograd(
     channels_last: bool,
     seed: int,
 ) -> None:
-    """The im2col route (`layer_grams.patches`) against one autograd call per sample, float64."""
+    """The im2col routes (`conv_grams.patches`, position-major for channels-last) against one autograd call per sample, float64."""
     torch.manual_seed(seed)
     cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
     conv = cls(
@@ -419,7 +419,7 @@ def test_per_sample_conv_weight_gradients_match_autograd(
         x = x.to(memory_format=formats[dims])
     y = conv(x)
     d = [torch.randn_like(y) for _ in range(2)]
-    got = layer_grams.conv_weight_grads(conv, x, d)
+    got = conv_grams.conv_weight_grads(conv, x, d)
     want = torch.stack(
         [
             torch.stack(

@@ -20,15 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from harmonia.harmonization import attention, broadcast
+from harmonia.harmonization.conv_grams import _CONV_WEIGHT_GRAD, covered_conv, padded
 from harmonia.harmonization.layer_grams import (
-    _CONV_WEIGHT_GRAD,
     Kept,
     Traced,
     _forward_is,
     _input,
-    covered_conv,
     normalized_rows,
-    padded,
     rows_with_gradient,
 )
 from harmonia.harmonization.rules import NORMS

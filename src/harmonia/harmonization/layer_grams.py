@@ -5,8 +5,9 @@ is determined by the call's inputs and the gradient ``d_k`` arriving at its outp
 returns ``[B, M, M]``: ``<grad_ik, grad_il>`` summed over the module's parameters (and over all
 its calls on the anchor path, cross terms included). Native rules cover `nn.Linear` (ghost
 inner products or materialized per-sample gradients, whichever costs fewer operations),
-`nn.LayerNorm`, `nn.RMSNorm`, `nn.GroupNorm`, `nn.Embedding` and `nn.Conv1d/2d/3d` (any stride,
-dilation, padding and groups); `harmonia.harmonization.attention` adds `nn.MultiheadAttention`.
+`nn.LayerNorm`, `nn.RMSNorm`, `nn.GroupNorm` and `nn.Embedding`;
+`harmonia.harmonization.conv_grams` adds `nn.Conv1d/2d/3d` (any stride, dilation, padding and
+groups) and `harmonia.harmonization.attention` adds `nn.MultiheadAttention`.
 Any other module falls back to `torch.func` (``vmap`` over samples of ``vjp`` of the module's
 functional form), which also verifies that the module treats samples independently;
 `harmonia.harmonization.rules` picks the rule and says when it falls back.
@@ -14,7 +15,6 @@ functional form), which also verifies that the module treats samples independent
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
-from torch.nn.grad import conv1d_weight, conv2d_weight, conv3d_weight
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from harmonia.harmonization.calls import Call, unit_parameters
@@ -213,154 +212,6 @@ def rows_with_gradient(a: Tensor, d: Sequence[Tensor]) -> tuple[Tensor, Sequence
         return a, d
     index = live.nonzero().squeeze(1)
     return a[:, index], [dk[:, index] for dk in d]
-
-
-def covered_conv(module: nn.Module) -> bool:
-    """A plain ``nn.Conv1d`` / ``Conv2d`` / ``Conv3d``: any kernel, stride, dilation, padding, groups."""
-    return any(_forward_is(module, cls) for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-
-
-_CONV_WEIGHT_GRAD = {1: conv1d_weight, 2: conv2d_weight, 3: conv3d_weight}
-COLUMNS_BUDGET = 1 << 21
-"""Input-patch entries (``samples x C k x positions``) unfolded at once for per-sample conv
-gradients; about 8 MiB in float32, so a chunk's patches stay in cache for its products."""
-
-
-def padded(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor) -> Tensor:
-    """A conv's input with its padding (any mode, ``same`` included) applied, as its forward does."""
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    return F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-
-
-def patches(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, grid: Sequence[int]) -> Tensor:
-    """The padded input's patches ``[b, groups, C / groups * kernel, positions]`` (im2col).
-
-    A strided view walks kernel offsets (dilation) and output positions (stride) of any 1D, 2D
-    or 3D conv; the reshape copies it into rows in the weight's ``[C / groups, *kernel]`` order.
-    """
-    x = padded(module, x)
-    step = x.stride()
-    dims = range(len(module.kernel_size))
-    view = x.as_strided(
-        (*x.shape[:2], *module.kernel_size, *grid),
-        (
-            *step[:2],
-            *(step[2 + i] * module.dilation[i] for i in dims),
-            *(step[2 + i] * module.stride[i] for i in dims),
-        ),
-    )
-    return view.reshape(x.shape[0], module.groups, -1, math.prod(grid))
-
-
-def conv_weight_grads(
-    module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, d: Sequence[Tensor]
-) -> Tensor:
-    """Per-sample, per-loss weight gradients ``[b, M, weight entries]`` of a conv call.
-
-    Per group, each sample's gradient is its output gradients ``[M O / groups, positions]``
-    times its input patches (`patches`) transposed: one batched product for all losses, a
-    few samples at a time (`COLUMNS_BUDGET`). This was about 2x faster on CPU than one grouped
-    weight-gradient convolution with the samples folded into channels.
-    """
-    if module.groups == 1 and x.dim() > 3 and x.stride(1) == 1 and d[0].stride(1) == 1:
-        return _channels_last_weight_grads(module, x, d)
-    batch, tasks, groups = x.shape[0], len(d), module.groups
-    grid = d[0].shape[2:]
-    positions = math.prod(grid)
-    rows = module.in_channels * math.prod(module.kernel_size) * positions
-    chunk = max(1, COLUMNS_BUDGET // rows)
-    parts = []
-    for start in range(0, batch, chunk):
-        cols = patches(module, x[start : start + chunk], grid)
-        b = cols.shape[0]
-        # [b, M, O, *grid] -> [b, groups, M O / groups, positions], rows in (loss, channel) order
-        g = torch.stack([dk[start : start + chunk] for dk in d], 1)
-        g = (
-            g.reshape(b, tasks, groups, -1, positions)
-            .transpose(1, 2)
-            .reshape(b, groups, -1, positions)
-        )
-        weight = g @ cols.transpose(2, 3)  # [b, groups, M O / groups, C / groups * kernel]
-        parts.append(weight.reshape(b, groups, tasks, -1).transpose(1, 2).reshape(b, tasks, -1))
-    return _cat(parts, 0)
-
-
-def _channels_last_weight_grads(
-    module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, d: Sequence[Tensor]
-) -> Tensor:
-    """`conv_weight_grads` for channels-last inputs and output gradients, one group.
-
-    Patches are taken position-major (``[b, positions, kernel C]``, channels innermost as the
-    input holds them) and each output gradient is read as ``[b, positions, O]`` without a copy.
-    The product is formed as ``patches^T grad`` (``[kernel C, O]``): for a stem's few channels
-    that shape ran about 1.4x faster on CPU than ``grad^T patches``.
-    """
-    batch, tasks = x.shape[0], len(d)
-    grid, width = d[0].shape[2:], module.in_channels
-    positions, taps = math.prod(grid), math.prod(module.kernel_size)
-    chunk = max(1, COLUMNS_BUDGET // (width * taps * positions))
-    dims = range(len(module.kernel_size))
-    parts = []
-    for start in range(0, batch, chunk):
-        x_part = padded(module, x[start : start + chunk])
-        step = x_part.stride()
-        view = x_part.as_strided(
-            (x_part.shape[0], *grid, *module.kernel_size, width),
-            (
-                step[0],
-                *(step[2 + i] * module.stride[i] for i in dims),
-                *(step[2 + i] * module.dilation[i] for i in dims),
-                step[1],
-            ),
-        )
-        cols = view.reshape(x_part.shape[0], positions, taps * width).transpose(1, 2)
-        per_loss = [
-            cols @ dk[start : start + chunk].movedim(1, -1).reshape(x_part.shape[0], positions, -1)
-            for dk in d
-        ]  # [b, kernel C, O] each
-        # -> [b, M, O, C, kernel]: the weight's own entry order
-        weight = torch.stack(per_loss, 1).view(x_part.shape[0], tasks, taps, width, -1)
-        parts.append(weight.permute(0, 1, 4, 3, 2).reshape(x_part.shape[0], tasks, -1))
-    return _cat(parts, 0)
-
-
-def conv_gram(
-    module: nn.Module, traced: list[Traced], dtype: torch.dtype, kept: Kept | None = None
-) -> Tensor:
-    """``nn.Conv1d/2d/3d`` (any kernel, stride, dilation, padding, groups): materialized per-sample
-    weight gradients (`conv_weight_grads`), a chunk of samples at a time, and ``sum_p d_p``
-    over output positions for the bias. Several calls of one module add their gradients; when
-    one chunk holds the whole batch they are offered to ``kept``.
-    """
-    assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-    on_path = traced[0].grad
-    batch, tasks = on_path[0].shape[0], len(on_path)
-    chunk = max(1, MATERIALIZE_BUDGET // (tasks * module.weight.numel()))
-    parts = []
-    for start in range(0, batch, chunk):
-        rows = slice(start, start + chunk)
-        flat: dict[Tensor, Tensor] = {}
-        if module.weight.requires_grad:
-            flat[module.weight] = _summed(
-                [
-                    conv_weight_grads(
-                        module, _input(t.call)[rows].to(dtype), [g[rows].to(dtype) for g in t.grad]
-                    )
-                    for t in traced
-                ]
-            )
-        if _trainable_bias(module):
-            # per loss, so a channels-last gradient is reduced in place and not copied first
-            flat[module.bias] = _summed(  # type: ignore[index]
-                [
-                    torch.stack([g[rows].to(dtype).flatten(2).sum(-1) for g in t.grad], 1)
-                    for t in traced
-                ]
-            )
-        parts.append(params_gram(flat))
-    if kept is not None and chunk >= batch:
-        kept.offer(module, {p: g.view(batch, tasks, *p.shape) for p, g in flat.items()})
-    return _cat(parts, 0)
 
 
 def _trainable_bias(module: nn.Module) -> bool:

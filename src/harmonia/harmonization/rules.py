@@ -18,12 +18,11 @@ from torch import Tensor, nn
 
 from harmonia.harmonization import attention, broadcast
 from harmonia.harmonization.calls import unit_parameters
+from harmonia.harmonization.conv_grams import conv_gram, covered_conv
 from harmonia.harmonization.layer_grams import (
     Kept,
     Traced,
     _forward_is,
-    conv_gram,
-    covered_conv,
     embedding_gram,
     functional_gram,
     linear_gram,
