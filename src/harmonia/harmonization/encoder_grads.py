@@ -53,8 +53,7 @@ def encoder_gradients(traced: list[Traced], kept: Kept, scale: Tensor) -> Gradie
         rule = _rule_for(t.call.module, t)
         if rule is None:
             return None
-        d = [None if g is None else realigned(g, scale) for g in t.grads]
-        for p, g in rule(t.call.module, t, d):
+        for p, g in rule(t.call.module, t, scale):
             found[p] = found[p] + g if p in found else g
     return found
 
@@ -94,7 +93,13 @@ def realigned(per_loss: Sequence[Tensor], scale: Tensor) -> Tensor:
     return total
 
 
-Rule = Callable[[nn.Module, Traced, list[Tensor | None]], list[tuple[Tensor, Tensor]]]
+Rule = Callable[[nn.Module, Traced, Tensor], list[tuple[Tensor, Tensor]]]
+"""A module's parameter gradients from its traced call and the coefficients ``scale [B, M]``."""
+
+
+def _combined(t: Traced, scale: Tensor) -> list[Tensor | None]:
+    """The realigned gradient at each of the call's outputs (None where none arrived)."""
+    return [None if g is None else realigned(g, scale) for g in t.grads]
 
 
 def _rule_for(module: nn.Module, t: Traced) -> Rule | None:
@@ -118,27 +123,32 @@ def _trainable(p: Tensor | None) -> bool:
 
 
 def _linear_pair(
-    weight: Tensor | None, bias: Tensor | None, a: Tensor, d: Tensor
+    weight: Tensor | None, bias: Tensor | None, a: Tensor, per_loss: Sequence[Tensor], scale: Tensor
 ) -> list[tuple[Tensor, Tensor]]:
-    """Weight and bias gradients of ``y = a W^T + b`` from its output gradient ``d``; the
-    weight's product skips rows that carry no gradient (`rows_with_gradient`)."""
-    d = d.reshape(d.shape[0], -1, d.shape[-1])
+    """Weight and bias gradients of ``y = a W^T + b`` from its per-loss output gradients; rows
+    that carry no gradient (`rows_with_gradient`) are left out before the realignment."""
+    batch = per_loss[0].shape[0]
+    a, per_loss = rows_with_gradient(
+        a.reshape(batch, -1, a.shape[-1]), [g.reshape(batch, -1, g.shape[-1]) for g in per_loss]
+    )
+    d = realigned(per_loss, scale)
     out = []
     if weight is not None and _trainable(weight):
-        a_live, (d_live,) = rows_with_gradient(a.reshape(d.shape[0], -1, a.shape[-1]), [d])
-        out.append((weight, d_live.flatten(0, 1).T @ a_live.flatten(0, 1).to(d.dtype)))
+        out.append((weight, d.flatten(0, 1).T @ a.flatten(0, 1).to(d.dtype)))
     if bias is not None and _trainable(bias):
         out.append((bias, d.sum((0, 1))))
-    return out  # type: ignore[return-value]
+    return out
 
 
-def _linear(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
-    assert isinstance(module, nn.Linear) and d[0] is not None
-    return _linear_pair(module.weight, module.bias, _input(t.call), d[0])
+def _linear(module: nn.Module, t: Traced, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
+    assert isinstance(module, nn.Linear) and t.grads[0] is not None
+    return _linear_pair(module.weight, module.bias, _input(t.call), t.grads[0], scale)
 
 
-def _conv(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
-    assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and d[0] is not None
+def _conv(module: nn.Module, t: Traced, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
+    assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+    d = _combined(t, scale)
+    assert d[0] is not None
     out: list[tuple[Tensor, Tensor]] = []
     grad = d[0]
     if _trainable(module.weight):
@@ -158,7 +168,8 @@ def _conv(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Te
     return out
 
 
-def _norm(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+def _norm(module: nn.Module, t: Traced, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
+    d = _combined(t, scale)
     assert d[0] is not None
     grad = d[0]
     rows, normalized = normalized_rows(module, [_input(t.call).to(grad.dtype)], grad.shape[0])
@@ -173,7 +184,8 @@ def _norm(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Te
     return out
 
 
-def _embedding(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+def _embedding(module: nn.Module, t: Traced, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
+    d = _combined(t, scale)
     assert isinstance(module, nn.Embedding) and d[0] is not None
     if not _trainable(module.weight):
         return []
@@ -186,17 +198,17 @@ def _embedding(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tup
     return [(module.weight, grad)]
 
 
-def _attention(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+def _attention(module: nn.Module, t: Traced, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
     """Linear layers; separate query / key / value blocks are put back into one weight."""
     assert isinstance(module, nn.MultiheadAttention)
     out: list[tuple[Tensor, Tensor]] = []
     blocks: dict[int, list[tuple[Tensor, Tensor]]] = {}
     pairs = attention.projection_parameters(module)
-    for j, grad in zip(t.call.positions, d, strict=True):
-        if grad is None:
+    for j, per_loss in zip(t.call.positions, t.grads, strict=True):
+        if per_loss is None:
             continue
         weight, bias = pairs[j]
-        found = _linear_pair(weight, bias, t.call.args[j], grad)
+        found = _linear_pair(weight, bias, t.call.args[j], per_loss, scale)
         if j in (attention.PROJECTIONS.index("output"), attention.PACKED):
             out += found
         else:
@@ -220,7 +232,8 @@ def _attention(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tup
     return out
 
 
-def _broadcast(module: nn.Module, t: Traced, d: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+def _broadcast(module: nn.Module, t: Traced, scale: Tensor) -> list[tuple[Tensor, Tensor]]:
+    d = _combined(t, scale)
     own = dict(module.named_parameters(recurse=False))
     out: list[tuple[Tensor, Tensor]] = []
     for use, grad in zip(t.call.uses, d, strict=True):
