@@ -22,7 +22,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
-from harmonia.harmonization import attention, broadcast, live_rows
+from harmonia.harmonization import attention, broadcast, row_sparse
 from harmonia.harmonization.calls import COMPOSITE, Call
 
 
@@ -40,7 +40,7 @@ class Capture:
     def __enter__(self) -> Capture:
         if self.record:
             check_no_sample_mixing(self.encoder)
-            self._handles += live_rows.inside(self.encoder)
+            self._handles += row_sparse.inside(self.encoder)
             for name, module in owners(self.encoder):
                 if attention.covered(module) and "forward" not in module.__dict__:
                     setattr(module, "forward", attention.attend(module, name, self.calls.append))  # noqa: B010

@@ -26,6 +26,7 @@ from torch.func import functional_call, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from harmonia.harmonization.calls import Call, unit_parameters
+from harmonia.harmonization.row_sparse import nonzero
 
 MATERIALIZE_BUDGET = 1 << 24
 """Largest number of per-sample gradient entries held at once when materializing (chunked)."""
@@ -197,12 +198,8 @@ def linear_weight_grads(a: Tensor, d: Sequence[Tensor]) -> Tensor:
 
 
 def live_rows(d: Tensor) -> Tensor:
-    """``[T]``: where rows ``d[:, t]`` of ``d [B, T, O]`` hold a nonzero (or NaN) entry.
-
-    Two reductions along the contiguous last dimension and no temporary the size of ``d`` (an
-    ``abs`` or ``ne`` copy of a layer's output gradient cost more than the reductions).
-    """
-    return (d.amax(-1).ne(0) | d.amin(-1).ne(0)).any(0)
+    """``[T]``: where rows ``d[:, t]`` of ``d [B, T, O]`` hold a nonzero (or NaN) entry."""
+    return nonzero(d, -1).any(0)
 
 
 def rows_with_gradient(a: Tensor, d: Sequence[Tensor]) -> tuple[Tensor, Sequence[Tensor]]:

@@ -3,7 +3,7 @@
 Only some rows of a layer's output reach the anchor. In an encoder pooled by an aggregation
 token, the last block's feed-forward layers, output projection and attention queries matter only
 at that token's row; autograd's own formulas still multiply every row, zeros included, once per
-loss in the M passes of `spaces.trace`. While a `Capture` records, `LiveRows` is active inside
+loss in the M passes of `spaces.trace`. While a `Capture` records, `RowSparse` is active inside
 the encoder's forward: its ``F.linear`` and ``F.scaled_dot_product_attention`` calls compute the
 same outputs, and their backward finds the rows whose output gradient is not all zero and
 multiplies only those when they are few. Dense gradients take the dense route (attention: the
@@ -48,22 +48,25 @@ def _edge(t: Tensor | None) -> Any:
     return get_gradient_edge(t) if t is not None and t.requires_grad else None
 
 
+def nonzero(t: Tensor, dims: int | tuple[int, ...]) -> Tensor:
+    """True where ``t`` holds an entry other than zero (or a NaN) along ``dims``.
+
+    Two reductions and no temporary the size of ``t`` (an ``abs`` or ``ne`` copy of a layer's
+    gradient costs more than the reductions).
+    """
+    return t.amax(dims).ne(0) | t.amin(dims).ne(0)
+
+
 def _live(rows: Tensor) -> Tensor | None:
     """Indices of the rows of ``rows [N, F]`` with any nonzero entry; None when most are live.
 
     Every eighth row is looked at first, so a dense gradient costs an eighth of a full scan.
-    NaN rows count as live.
     """
     share = LINEAR_SPARSE * rows.shape[0]
-    if _nonzero(rows[::8], 1).sum() > share / 8:
+    if nonzero(rows[::8], 1).sum() > share / 8:
         return None
-    live = _nonzero(rows, 1).nonzero().squeeze(1)
+    live = nonzero(rows, 1).nonzero().squeeze(1)
     return live if live.numel() <= share else None
-
-
-def _nonzero(t: Tensor, dims: int | tuple[int, ...]) -> Tensor:
-    """True where ``t`` has an entry other than zero along ``dims`` (one reduction, NaN: True)."""
-    return t.abs().amax(dims) != 0
 
 
 class _Linear(torch.autograd.Function):
@@ -140,11 +143,12 @@ class _Attention(torch.autograd.Function):
         out, leaves = ctx.inner
         q, k, v, mask = ctx.saved_tensors
         length = q.shape[-2]
-        rows = grad.reshape(-1, length, grad.shape[-1])
         share = ATTENTION_SPARSE * length
+        first = grad[(0,) * (grad.dim() - 2)]  # one [L, D] slice first: dense gradients stop here
         live = None
-        if _nonzero(rows[0], 1).sum() <= share:  # one slice first: dense gradients stop here
-            live = _nonzero(rows, (0, 2)).nonzero().squeeze(1)
+        if nonzero(first, 1).sum() <= share:
+            others = tuple(i for i in range(grad.dim()) if i != grad.dim() - 2)
+            live = nonzero(grad, others).nonzero().squeeze(1)
         if live is None or live.numel() > share:
             wanted = [t for t in leaves if t.requires_grad]
             dense = iter(
@@ -258,7 +262,7 @@ _ROUTES: dict[Callable[..., Any], Callable[..., Any]] = {
 }
 
 
-class LiveRows(TorchFunctionMode):
+class RowSparse(TorchFunctionMode):
     """Routes ``F.linear`` and ``F.scaled_dot_product_attention`` to their live-row versions."""
 
     def __torch_function__(
@@ -273,8 +277,8 @@ class LiveRows(TorchFunctionMode):
 
 
 def inside(encoder: nn.Module) -> list[RemovableHandle]:
-    """Hooks that keep `LiveRows` active during each outermost call of ``encoder``."""
-    mode = LiveRows()
+    """Hooks that keep `RowSparse` active during each outermost call of ``encoder``."""
+    mode = RowSparse()
     depth = [0]
 
     def enter(module: nn.Module, args: Any) -> None:

@@ -1,4 +1,4 @@
-"""live_rows: routed F.linear / scaled_dot_product_attention equal autograd's own, dead rows or not."""
+"""row_sparse: routed F.linear / scaled_dot_product_attention equal autograd's own, dead rows or not."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from torch import nn
 from torch.autograd.graph import get_gradient_edge
 
-from harmonia.harmonization import Harmonizer, live_rows
+from harmonia.harmonization import Harmonizer, row_sparse
 from harmonia.harmonization.capture import Capture
 
 DT = torch.float64
@@ -32,7 +32,7 @@ def _dead(grad: torch.Tensor, keep: list[int], dim: int) -> torch.Tensor:
     live=st.lists(st.integers(0, 8), max_size=9),
     bias=st.booleans(),
 )
-def test_linear_matches_autograd_for_any_live_rows(
+def test_linear_matches_autograd_for_any_row_sparse(
     seed: int, rows: int, live: list[int], bias: bool
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
@@ -42,7 +42,7 @@ def test_linear_matches_autograd_for_any_live_rows(
     grad = _dead(torch.randn(3, rows, 4, dtype=DT, generator=gen), [i for i in live if i < rows], 1)
     wanted = [t for t in (x, w, b) if t is not None]
     reference = torch.autograd.grad(F.linear(x, w, b), wanted, grad)
-    with live_rows.LiveRows():
+    with row_sparse.RowSparse():
         out = F.linear(x, w, b)
     assert type(out.grad_fn).__name__ == "_LinearBackward"
     for got, ref in zip(torch.autograd.grad(out, wanted, grad), reference, strict=True):
@@ -54,7 +54,7 @@ def test_a_nan_row_is_live() -> None:
     w = torch.randn(2, 3, dtype=DT, requires_grad=True)
     grad = torch.zeros(16, 2, dtype=DT)
     grad[5, 1] = torch.nan
-    with live_rows.LiveRows():
+    with row_sparse.RowSparse():
         out = F.linear(x, w)
     dx, dw = torch.autograd.grad(out, (x, w), grad)
     assert dx[5].isnan().all() and dw[1].isnan().all()
@@ -64,16 +64,16 @@ def test_a_nan_row_is_live() -> None:
 def test_a_pass_to_layer_outputs_skips_the_weight_gradient_and_a_pass_to_weights_does_not() -> None:
     x = torch.randn(6, 3, dtype=DT, requires_grad=True)
     w1, w2 = (torch.randn(3, 3, dtype=DT, requires_grad=True) for _ in range(2))
-    with live_rows.LiveRows():
+    with row_sparse.RowSparse():
         hidden = F.linear(x, w1)
         out = F.linear(torch.tanh(hidden), w2)
     calls: list[bool] = []
-    real = live_rows._will_run
+    real = row_sparse._will_run
     try:
-        live_rows._will_run = lambda edge: calls.append(real(edge)) or calls[-1]  # type: ignore[assignment]
+        row_sparse._will_run = lambda edge: calls.append(real(edge)) or calls[-1]  # type: ignore[assignment]
         torch.autograd.grad(out.sum(), [get_gradient_edge(hidden)], retain_graph=True)
     finally:
-        live_rows._will_run = real  # type: ignore[assignment]
+        row_sparse._will_run = real  # type: ignore[assignment]
     # the second layer: its input is wanted, its weight is not (nor a bias: absent)
     assert calls[:2] == [True, False]
     (dw1,) = torch.autograd.grad(out.sum(), [w1], retain_graph=True)
@@ -103,7 +103,7 @@ def test_attention_matches_autograd(mask: str | None, live: list[int], sources: 
     reference = torch.autograd.grad(
         F.scaled_dot_product_attention(q, k, v, **kwargs), (q, k, v), grad
     )
-    with live_rows.LiveRows():
+    with row_sparse.RowSparse():
         out = F.scaled_dot_product_attention(q, k, v, **kwargs)
     assert type(out.grad_fn).__name__ == "_AttentionBackward"
     for got, ref in zip(torch.autograd.grad(out, (q, k, v), grad), reference, strict=True):
@@ -113,7 +113,7 @@ def test_attention_matches_autograd(mask: str | None, live: list[int], sources: 
 def test_live_query_gradients_keep_the_layout_of_packed_projections() -> None:
     packed = torch.randn(2, 8, 3 * 12, dtype=DT, requires_grad=True)
     q, k, v = (t.view(2, 8, 3, 4).transpose(1, 2) for t in packed.chunk(3, -1))
-    with live_rows.LiveRows():
+    with row_sparse.RowSparse():
         out = F.scaled_dot_product_attention(q, k, v)
     grad = _dead(torch.randn(out.shape, dtype=DT), [0], 2)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
@@ -131,7 +131,7 @@ def test_double_backward_through_routed_calls() -> None:
     w = torch.randn(3, 3, dtype=DT, requires_grad=True)
 
     def routed(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        with live_rows.LiveRows():
+        with row_sparse.RowSparse():
             h = F.linear(x, w)
             q = h.view(2, 1, 5, 3)
             return F.scaled_dot_product_attention(q, q, q)[..., 0, :]  # one live query
@@ -143,7 +143,7 @@ def test_double_backward_through_routed_calls() -> None:
 def test_outputs_may_be_changed_in_place() -> None:
     x = torch.randn(4, 3, requires_grad=True)
     layer = nn.Linear(3, 3)
-    with live_rows.LiveRows():
+    with row_sparse.RowSparse():
         out = layer(x).relu_()
     out.sum().backward()
     assert x.grad is not None
@@ -152,7 +152,7 @@ def test_outputs_may_be_changed_in_place() -> None:
 def test_autocast_dropout_and_no_grad_take_the_built_in_route() -> None:
     x = torch.randn(2, 1, 4, 3, requires_grad=True)
     layer = nn.Linear(3, 3)
-    with live_rows.LiveRows():
+    with row_sparse.RowSparse():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert type(layer(x).grad_fn).__name__ != "_LinearBackward"
         dropped = F.scaled_dot_product_attention(x, x, x, dropout_p=0.5)
@@ -201,7 +201,7 @@ def test_the_mode_is_left_when_the_encoder_raises() -> None:
     assert type(out.grad_fn).__name__ != "_LinearBackward"
 
 
-def test_harmonized_step_is_unchanged_by_live_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_harmonized_step_is_unchanged_by_row_sparse(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same parameters-space step with live rows and with every route forced dense."""
     torch.manual_seed(0)
     encoder, heads = _Pooled().double(), nn.Linear(8, 4).double()
@@ -222,7 +222,7 @@ def test_harmonized_step_is_unchanged_by_live_rows(monkeypatch: pytest.MonkeyPat
         return [p.grad.clone() for p in encoder.parameters()]  # type: ignore[union-attr]
 
     sparse = step()
-    monkeypatch.setattr(live_rows, "LINEAR_SPARSE", -1.0)
-    monkeypatch.setattr(live_rows, "ATTENTION_SPARSE", -1.0)
+    monkeypatch.setattr(row_sparse, "LINEAR_SPARSE", -1.0)
+    monkeypatch.setattr(row_sparse, "ATTENTION_SPARSE", -1.0)
     for got, ref in zip(sparse, step(), strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
