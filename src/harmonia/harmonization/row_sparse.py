@@ -157,22 +157,21 @@ class _Attention(torch.autograd.Function):
                 )
             )
             return (*(next(dense) if t.requires_grad else None for t in leaves), None, None, None)
-        found = _live_queries(q, k, v, mask, ctx.causal, ctx.scale, grad, live)
+        found = _live_queries((q, k, v), (mask, ctx.causal, ctx.scale), grad, live)
         kept = (g if need else None for g, need in zip(found, ctx.needs_input_grad, strict=False))
         return (*kept, None, None, None)
 
 
+Masking = tuple[Tensor | None, bool, float | None]
+"""An attention call's mask, causality and scale."""
+
+
 def _live_queries(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    causal: bool,
-    scale: float | None,
-    grad: Tensor,
-    live: Tensor,
+    qkv: tuple[Tensor, Tensor, Tensor], masking: Masking, grad: Tensor, live: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Attention's input gradients when only the queries at ``live`` receive gradient."""
+    q, k, v = qkv
+    mask, causal, scale = masking
     dtype = torch.promote_types(q.dtype, torch.float32)
     factor = q.shape[-1] ** -0.5 if scale is None else scale
     q_live, d_out = q[..., live, :].to(dtype), grad[..., live, :].to(dtype)
