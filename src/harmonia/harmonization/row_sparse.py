@@ -276,7 +276,10 @@ class RowSparse(TorchFunctionMode):
 
 
 def inside(encoder: nn.Module) -> list[RemovableHandle]:
-    """Hooks that keep `RowSparse` active during each outermost call of ``encoder``."""
+    """Hooks that keep `RowSparse` active during each outermost call of ``encoder`` (none for an
+    encoder off the CPU, where nothing would be routed)."""
+    if any(p.device.type != "cpu" for p in encoder.parameters()):
+        return []
     mode = RowSparse()
     depth = [0]
 
