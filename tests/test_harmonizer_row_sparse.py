@@ -69,11 +69,9 @@ def test_a_pass_to_layer_outputs_skips_the_weight_gradient_and_a_pass_to_weights
         out = F.linear(torch.tanh(hidden), w2)
     calls: list[bool] = []
     real = row_sparse._will_run
-    try:
-        row_sparse._will_run = lambda edge: calls.append(real(edge)) or calls[-1]  # type: ignore[assignment]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(row_sparse, "_will_run", lambda edge: calls.append(real(edge)) or calls[-1])
         torch.autograd.grad(out.sum(), [get_gradient_edge(hidden)], retain_graph=True)
-    finally:
-        row_sparse._will_run = real  # type: ignore[assignment]
     # the second layer: its input is wanted, its weight is not (nor a bias: absent)
     assert calls[:2] == [True, False]
     (dw1,) = torch.autograd.grad(out.sum(), [w1], retain_graph=True)

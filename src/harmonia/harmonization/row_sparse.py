@@ -37,11 +37,14 @@ def _will_run(edge: Any) -> bool:
     """
     if edge is None:
         return False
-    check = getattr(torch._C, "_will_engine_execute_node", None)
     try:
-        return True if check is None else bool(check(edge.node))
+        return True if _WILL_EXECUTE is None else bool(_WILL_EXECUTE(edge.node))
     except RuntimeError:  # a leaf during autograd.grad: assume it is wanted
         return True
+
+
+_WILL_EXECUTE = getattr(torch._C, "_will_engine_execute_node", None)
+"""The engine's answer to `_will_run` (absent from some torch releases: every gradient formed)."""
 
 
 def _edge(t: Tensor | None) -> Any:
@@ -87,7 +90,6 @@ class _Linear(torch.autograd.Function):
         live = _live(rows)
         if live is not None:
             rows = rows[live]
-        inputs = x.reshape(-1, x.shape[-1]) if live is None else x.reshape(-1, x.shape[-1])[live]
         dx = dw = db = None
         if wanted[0]:
             part = rows @ weight.to(rows.dtype)
@@ -97,7 +99,9 @@ class _Linear(torch.autograd.Function):
                 dx = part.new_zeros(x.numel() // x.shape[-1], x.shape[-1])
                 dx = dx.index_copy_(0, live, part).reshape(x.shape)
             dx = dx.to(x.dtype)
-        if wanted[1]:
+        if wanted[1]:  # x's rows are gathered only here: a pass to layer outputs needs none
+            inputs = x.reshape(-1, x.shape[-1])
+            inputs = inputs if live is None else inputs[live]
             dw = (rows.T @ inputs.to(rows.dtype)).to(weight.dtype)
         if wanted[2]:
             db = rows.sum(0)
