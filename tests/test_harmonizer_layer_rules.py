@@ -386,6 +386,7 @@ def test_the_final_backward_skips_the_anchor_encoder_when_every_module_is_covere
     padding=st.integers(0, 1),
     mode=st.sampled_from(["zeros", "reflect", "circular", "replicate"]),
     channels_last=st.booleans(),
+    chunked=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_per_sample_conv_weight_gradients_match_autograd(
@@ -398,9 +399,12 @@ def test_per_sample_conv_weight_gradients_match_autograd(
     padding: int,
     mode: str,
     channels_last: bool,
+    chunked: bool,
     seed: int,
 ) -> None:
-    """The im2col routes (`conv_grams.patches`, position-major for channels-last) against one autograd call per sample, float64."""
+    """The im2col routes (`conv_grams.patches`, position-major for channels-last) against one
+    autograd call per sample, float64; ``chunked`` takes one sample per chunk, so the patch
+    buffer is refilled by each."""
     torch.manual_seed(seed)
     cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
     conv = cls(
@@ -419,7 +423,10 @@ def test_per_sample_conv_weight_gradients_match_autograd(
         x = x.to(memory_format=formats[dims])
     y = conv(x)
     d = [torch.randn_like(y) for _ in range(2)]
-    got = conv_grams.conv_weight_grads(conv, x, d)
+    with pytest.MonkeyPatch.context() as patch:
+        if chunked:
+            patch.setattr(conv_grams, "COLUMNS_BUDGET", 1)
+        got = conv_grams.conv_weight_grads(conv, x, d)
     want = torch.stack(
         [
             torch.stack(
