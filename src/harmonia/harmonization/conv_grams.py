@@ -108,7 +108,7 @@ def conv_weight_grads(
     rows = module.in_channels * math.prod(module.kernel_size) * positions
     chunk = max(1, COLUMNS_BUDGET // rows)
     buffer = _reused(x, min(chunk, batch), rows)
-    parts = []
+    out = x.new_empty(batch, tasks, module.weight.numel())
     for start in range(0, batch, chunk):
         cols = patches(module, x[start : start + chunk], grid, buffer)
         b = cols.shape[0]
@@ -120,8 +120,10 @@ def conv_weight_grads(
             .reshape(b, groups, -1, positions)
         )
         weight = g @ cols.transpose(2, 3)  # [b, groups, M O / groups, C / groups * kernel]
-        parts.append(weight.reshape(b, groups, tasks, -1).transpose(1, 2).reshape(b, tasks, -1))
-    return _cat(parts, 0)
+        out[start : start + b].view(b, tasks, groups, -1).copy_(
+            weight.reshape(b, groups, tasks, -1).transpose(1, 2)
+        )
+    return out
 
 
 def _channels_last_weight_grads(
