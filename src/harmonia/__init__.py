@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "VATT": "harmonia.models",
     "ModelConfig": "harmonia.models",
     "ContrastiveObjective": "harmonia.losses",
+    "keep_freed_memory": "harmonia.allocator",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -315,6 +315,8 @@ class TrainLoopConfig:
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     bf16: bool = True
     """bfloat16 autocast for the forward pass on CUDA (ignored on CPU)."""
+    keep_freed_memory: bool = True
+    """CPU runs: keep freed memory in the process for the next step (`harmonia.allocator`)."""
     progress: bool = True
 
     def validate(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from harmonia.allocator import keep_freed_memory
 from harmonia.errors import DistributedError, first_line
 from harmonia.files import write_atomic
 from harmonia.losses import ContrastiveObjective, local_gather
@@ -108,6 +109,8 @@ def _train(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     run = build_run(cfg, run_dir, ctx, data_dir=data_dir, checkpoint=checkpoint)
+    if run.device.type == "cpu" and cfg.train.keep_freed_memory:
+        keep_freed_memory()
     if checkpoint is not None:
         restore_run(run, checkpoint)
     if main:
