@@ -14,6 +14,8 @@ outputs that an exact per-sample step needs (`floor_step`): the ratio no such st
 ``--breakdown`` also times the pieces of a ``parameters``-space step (median ms per piece, and
 the peak memory growth once each is done);
 ``--memory`` adds each variant's peak memory growth during one step;
+``--keep-freed-memory`` keeps freed memory in the process between steps, as ``harmonia train``
+does on CPU (`harmonia.allocator`; `bench_allocator.py` compares both settings);
 ``--workload torch-transformer`` (or ``both``) times the tri-modal ``nn.TransformerEncoder`` of
 `torch_transformer` instead, a model written the way PyTorch users write one.
 """
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 import torch_transformer
+from harmonia.allocator import keep_freed_memory
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.capture import Capture
 from harmonia.harmonization.encoder_grads import backward_without_encoder, encoder_gradients
@@ -331,13 +334,20 @@ def main() -> None:
     parser.add_argument(
         "--memory", action="store_true", help="peak RSS growth of one step of each variant"
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="call harmonia.keep_freed_memory() first, as `harmonia train` does on CPU",
+    )
     args = parser.parse_args()
+    kept = args.keep_freed_memory and keep_freed_memory()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{args.threads} thread(s), train mode, forward + backward, "
-        f"{args.clock} time, median of {args.repeats} interleaved repeats"
+        f"{args.clock} time, median of {args.repeats} interleaved repeats, "
+        f"{'keep_freed_memory' if kept else 'default'} allocator"
     )
     workloads = ["vatt", "torch-transformer"] if args.workload == "both" else [args.workload]
     for workload in workloads:

@@ -118,11 +118,24 @@ def benchmarks(data: str | None, source: str | None) -> dict[str, tuple[str, lis
             [
                 *["bench_harmonizer.py", "--workload", "both", "--batch-sizes", "32", "128"],
                 *["--repeats", "5", "--warmup", "1", "--no-torchjd", "--breakdown", "--memory"],
+                "--keep-freed-memory",
             ],
             "VATT tiny (conv video stem) and the tri-modal `nn.TransformerEncoder` of "
-            "`benchmarks/torch_transformer.py`. The floor row is a plain step plus the M - 1 "
-            "extra backward passes to the encoder's layer outputs that an exact per-sample step "
-            "needs, with no Gram at all: no `parameters` step on that model can beat it.",
+            "`benchmarks/torch_transformer.py`, with freed memory kept between steps as "
+            "`harmonia train` does on CPU (next section). The floor row is a plain step plus the "
+            "M - 1 extra backward passes to the encoder's layer outputs that an exact per-sample "
+            "step needs, with no Gram at all: no `parameters` step on that model can beat it.",
+        ),
+        "allocator": (
+            "Keeping freed memory between steps: glibc's default against keep_freed_memory",
+            [
+                *["bench_allocator.py", "--workloads", "vatt", "torch-transformer"],
+                *["--batch-sizes", "32", "128", "--repeats", "5"],
+            ],
+            "Each repeat is a fresh process per setting (`harmonia.keep_freed_memory` changes "
+            "the whole process), timing plain backward and `parameters` PCGrad interleaved; "
+            "minor page faults per step and the resident set after the steps show what the "
+            "setting trades.",
         ),
         "anchors": (
             "Against the nearest public routes: torchjd autogram and Opacus",
