@@ -33,6 +33,7 @@ def one_process(setting: str, workload: str, batch_size: int, steps: int) -> dic
     import torch
 
     from harmonia.allocator import keep_freed_memory
+    from harness import status_kb
 
     if setting == "keep_freed_memory" and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() changed nothing here (not glibc?)")
@@ -60,17 +61,9 @@ def one_process(setting: str, workload: str, batch_size: int, steps: int) -> dic
     return {
         "ms": {n: 1000 * statistics.median(v) for n, v in seconds.items()},
         "faults": {n: statistics.median(v) for n, v in faults.items()},
-        "rss_mib": _status_mib("VmRSS"),
-        "hwm_mib": _status_mib("VmHWM"),
+        "rss_mib": status_kb("VmRSS") / 1024,
+        "hwm_mib": status_kb("VmHWM") / 1024,
     }
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return float(line.split()[1]) / 1024
-    raise OSError(f"no {field} in /proc/self/status")
 
 
 def row_of(result: dict[str, Any]) -> list[float]:

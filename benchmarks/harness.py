@@ -46,7 +46,8 @@ def machine_line() -> str:
     )
 
 
-def _status_kb(field: str) -> float:
+def status_kb(field: str) -> float:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``, ...) in kB."""
     with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -67,7 +68,7 @@ def reset_peak() -> float | None:
     size (kB), or None where Linux's ``/proc/self/clear_refs`` is unavailable."""
     try:
         _trim_heap()
-        before = _status_kb("VmRSS")
+        before = status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")
     except OSError:
@@ -77,7 +78,7 @@ def reset_peak() -> float | None:
 
 def peak_growth_mb(before: float | None) -> float:
     """MiB the resident set's high-water mark grew past ``before`` (`reset_peak`); NaN without."""
-    return math.nan if before is None else (_status_kb("VmHWM") - before) / 1024
+    return math.nan if before is None else (status_kb("VmHWM") - before) / 1024
 
 
 def peak_rss_growth_mb(step: Callable[[], None]) -> float:

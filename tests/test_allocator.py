@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import textwrap
 
 import pytest
 
-from harmonia.allocator import keep_freed_memory, user_has_chosen
+from harmonia.allocator import _glibc, keep_freed_memory, user_has_chosen
 
 _REUSE = textwrap.dedent(
     """
@@ -31,13 +30,6 @@ _REUSE = textwrap.dedent(
 )
 
 
-def _is_glibc() -> bool:
-    try:
-        return hasattr(ctypes.CDLL("libc.so.6"), "gnu_get_libc_version")
-    except OSError:
-        return False
-
-
 def _faults(mode: str) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUN"))}
     done = subprocess.run(
@@ -46,7 +38,7 @@ def _faults(mode: str) -> int:
     return int(done.stdout.split()[-1])
 
 
-@pytest.mark.skipif(not _is_glibc(), reason="the setting is glibc's; elsewhere it is a no-op")
+@pytest.mark.skipif(_glibc() is None, reason="the setting is glibc's; elsewhere it is a no-op")
 def test_freed_temporaries_are_reused_without_page_faults() -> None:
     default, kept = _faults("default"), _faults("keep")
     assert default > 10_000  # every block is mapped afresh each step: one fault per 4 KiB page

@@ -7,13 +7,13 @@ fault for every 4 KiB page it touches, every step. An exact ``parameters``-space
 per-loss gradients at the encoder's layer outputs until the Gram rules use them: on the tiny
 VATT at B = 128 its heap grows by about 220 MiB and shrinks again each step, about 90k page
 faults. Raising both thresholds keeps that memory for the next step, as PyTorch's caching
-allocator does on CUDA: the same step then takes no page faults and runs about 10% faster
+allocator does on CUDA: the same step then takes no page faults and about 17% less CPU time
 (`benchmarks/bench_allocator.py`; docs/harmonizer.md, *Speed*).
 
 The cost is memory: the process keeps its high-water mark between steps instead of returning
 it, and the peak itself can grow, because a freed block is not always reused exactly (PyTorch
 asks for 64-byte aligned blocks, which do not fit the hole a block of the same size left, until
-neighbouring holes merge). On that VATT step the peak resident set grew by about 5%.
+neighbouring holes merge). On that VATT step the peak resident set grew by about 4%.
 `harmonia train` applies this on CPU (``train.keep_freed_memory``); in your own loop call
 `keep_freed_memory` once before training.
 """
