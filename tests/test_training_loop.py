@@ -261,3 +261,13 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, tiny_dataset: Path) -> None
         run(tmp_path / "run", tiny_dataset, "data.train_split=nope")
     with pytest.raises(ConfigError, match=r"model\.modalities\.video\.shape"):
         run(tmp_path / "run", tiny_dataset, "model.modalities.video.shape=[8, 64, 64, 3]")
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_cpu_run_keeps_freed_memory_as_configured(
+    tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr("harmonia.training.loop.keep_freed_memory", lambda: calls.append(1))
+    run(tmp_path / "run", tiny_dataset, "train.device=cpu", f"train.keep_freed_memory={keep}")
+    assert len(calls) == (1 if keep else 0)
