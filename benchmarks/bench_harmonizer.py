@@ -8,6 +8,10 @@ from one repeat to the next), and the median time of each is reported with its r
 meaningful on a machine shared with other jobs; ``--clock wall`` measures wall time instead.
 The ``floor`` row is a plain step plus the M - 1 extra backward passes to the encoder's layer
 outputs that an exact per-sample step needs (`floor_step`): the ratio no such step can beat.
+The ``floor with weight gradients`` row adds each extra loss's encoder weight gradient to those
+passes (`floor_step` with ``weights=True``): the multiply-adds of materialized per-sample
+gradients, which the conv stem's Grams cannot avoid (its patches-per-sample are far too many
+for the ghost route).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_harmonizer.py --batch-sizes 32 128
 
@@ -60,6 +64,8 @@ TRANSFORMER_GRID = [("embedding", "none"), ("parameters", "none"), ("parameters"
 """(space, method) pairs timed on the nn.TransformerEncoder workload."""
 FLOOR = "floor: plain + M-1 passes"
 """The `floor_step` variant: no exact per-sample step on the same model can be faster."""
+FLOOR_WEIGHTS = "floor with weight grads"
+"""`floor_step` with the extra losses' encoder weight gradients: the floor of materialized Grams."""
 
 
 def build(
@@ -151,13 +157,18 @@ def floor_step(
     run: Callable[[], tuple[dict[str, torch.Tensor], torch.Tensor]],
     clear: Callable[[], None],
     encoder: torch.nn.Module,
+    weights: bool = False,
 ) -> Step:
     """A plain step plus the M - 1 extra backward passes from the anchor to the encoder's layer
     outputs that any exact per-sample method of this kind needs: the speed it cannot exceed.
 
     Every Gram, realignment and the final backward's savings are left out, so the ratio of this
-    step to plain backward is an upper bound for ``parameters`` space on the same model.
+    step to plain backward is an upper bound for ``parameters`` space on the same model. With
+    ``weights`` the extra passes also form the encoder's weight gradient of each extra loss:
+    per-sample gradients materialized per loss take the same multiply-adds, so this bounds a
+    step whose Grams materialize them (as conv Grams must when a sample has many positions).
     """
+    params = [p for p in encoder.parameters() if p.requires_grad]
 
     def step() -> None:
         clear()
@@ -165,7 +176,11 @@ def floor_step(
         with capture:
             named, anchor = run()
         losses = list(named.values())
-        trace(anchor, anchor_grads(losses[1:], anchor), capture.calls)
+        if weights:
+            for extra in anchor_grads(losses[1:], anchor):
+                torch.autograd.grad(anchor, params, extra, retain_graph=True)
+        else:
+            trace(anchor, anchor_grads(losses[1:], anchor), capture.calls)
         torch.autograd.backward(losses)
 
     return step
@@ -357,11 +372,13 @@ def main() -> None:
                 model, objective, batch = build(batch_size, args.size)
                 steps = variants(model, objective, batch, not args.no_torchjd)
                 steps[FLOOR] = floor_step(*vatt_pieces(model, objective, batch))
+                steps[FLOOR_WEIGHTS] = floor_step(*vatt_pieces(model, objective, batch), True)
             else:
                 title = "tri-modal nn.TransformerEncoder"
                 tri, inputs = torch_transformer.build(batch_size)
                 steps = torch_transformer.steps(tri, inputs, TRANSFORMER_GRID)
                 steps[FLOOR] = floor_step(*transformer_pieces(tri, inputs))
+                steps[FLOOR_WEIGHTS] = floor_step(*transformer_pieces(tri, inputs), True)
             times = measure(steps, args.repeats, args.warmup, clock)
             print(f"\n{title}, B={batch_size}")
             print("\n".join(report(times, "plain backward")))

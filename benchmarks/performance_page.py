@@ -125,7 +125,10 @@ def benchmarks(data: str | None, source: str | None) -> dict[str, tuple[str, lis
             "`benchmarks/torch_transformer.py`, with freed memory kept between steps as "
             "`harmonia train` does on CPU (next section). The floor row is a plain step plus the "
             "M - 1 extra backward passes to the encoder's layer outputs that an exact per-sample "
-            "step needs, with no Gram at all: no `parameters` step on that model can beat it.",
+            "step needs, with no Gram at all: no `parameters` step on that model can beat it. "
+            "The floor with weight grads also forms each extra loss's encoder weight gradient in "
+            "those passes: the multiply-adds of materializing the per-sample weight gradients, "
+            "which a conv stem's Grams cannot avoid.",
         ),
         "allocator": (
             "Keeping freed memory between steps: glibc's default against keep_freed_memory",

@@ -28,7 +28,12 @@ def test_a_tiny_run_reports_every_variant_the_floor_and_the_breakdown() -> None:
             for m in re.finditer(r"^(.+?)\s+[0-9.]+\s+([0-9.]+)x", table, re.MULTILINE)
         }
         assert rows["plain backward"] == 1.0
-        assert {"floor: plain + M-1 passes", "parameters pcgrad", "embedding none"} <= set(rows)
+        assert {
+            "floor: plain + M-1 passes",
+            "floor with weight grads",
+            "parameters pcgrad",
+            "embedding none",
+        } <= set(rows)
         assert all(r > 0 for r in rows.values())
     pieces = [t for t in tables if "pieces of one step" in t]
     assert len(pieces) == 2
