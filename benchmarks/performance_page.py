@@ -5,8 +5,8 @@
     .venv/bin/python benchmarks/performance_page.py --only time-to-accuracy --source ../shared/data
 
 The time-to-accuracy section trains the demo config 12 times (four arms, three seeds; with the
-conv video stem a `parameters pcgrad` run takes about 8 minutes on 2 cores; finished runs are
-reused); the rest of the page takes about 55 minutes.
+conv video stem a `parameters pcgrad` run takes about 6 minutes on 2 cores and the twelve about
+65 minutes; finished runs are reused); the rest of the page takes about 55 minutes.
 
 Each benchmark runs in its own process with ``OMP_NUM_THREADS=1``; its markdown output is pasted
 under the command that produced it, with the wall time it took.
