@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harmonia.models import DropToken
+from harmonia.models.droptoken import take
 
 
 @settings(max_examples=40, deadline=None)
@@ -37,6 +38,37 @@ def test_subsets_differ_between_samples_and_eval_is_identity() -> None:
     assert len({tuple(row[:, 0].tolist()) for row in kept}) == 8
     assert drop.eval()(tokens) is tokens
     assert DropToken(0.0).train()(tokens) is tokens
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 12), st.integers(1, 12), st.integers(0, 2), st.data())
+def test_take_picks_each_samples_rows(
+    batch: int, length: int, kept: int, trailing: int, data: st.DataObject
+) -> None:
+    kept = min(kept, length)
+    x = torch.randn(batch, length, *([3] * trailing))
+    rows = [
+        data.draw(st.lists(st.integers(0, length - 1), min_size=kept, max_size=kept))
+        for _ in range(batch)
+    ]
+    keep = torch.tensor(rows)
+    got = take(x, keep)
+    assert got.shape == (batch, kept, *x.shape[2:])
+    for b in range(batch):
+        assert torch.equal(got[b], x[b, keep[b]])
+    assert take(x, None) is x
+
+
+def test_keep_draws_what_forward_drops() -> None:
+    drop = DropToken(0.4).train()
+    tokens = torch.randn(5, 20, 4)
+    torch.manual_seed(3)
+    dropped = drop(tokens)
+    torch.manual_seed(3)
+    keep = drop.keep(5, 20, tokens.device)
+    assert keep is not None and keep.shape == (5, drop.kept(20))
+    assert torch.equal(take(tokens, keep), dropped)
+    assert drop.eval().keep(5, 20, tokens.device) is None
 
 
 def test_rate_outside_range_is_rejected() -> None:

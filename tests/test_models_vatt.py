@@ -9,6 +9,7 @@ import torch
 
 from harmonia.errors import ConfigError
 from harmonia.models import VATT, ModelConfig, WordTokenizer
+from harmonia.models.droptoken import take
 from harmonia.models.synthetic import WORDS, random_batch
 
 
@@ -107,6 +108,32 @@ def test_droptoken_only_in_training_mode(words: WordTokenizer) -> None:
     once = model(batch).anchor
     torch.manual_seed(2)
     assert torch.equal(once, model(batch).anchor)
+
+
+@pytest.mark.parametrize("stem", [True, False])
+def test_tokens_are_dropped_before_the_projection_with_the_same_result(
+    words: WordTokenizer, stem: bool
+) -> None:
+    """Tokenizers project only the kept patches; that equals projecting all and dropping."""
+    video_cfg: dict[str, object] = (
+        {"drop_token": 0.5} if stem else {"drop_token": 0.5, "stem": None}
+    )
+    model = tiny(words, modalities={"video": video_cfg, "audio": {"drop_token": 0.5}}).train()
+    batch = random_batch(model.config, 3)
+    for name in ("video", "audio"):
+        tokenizer = model.tokenizer_of(name)
+        inputs = tokenizer.prepare(batch[name], torch.device("cpu"), torch.float32).inputs
+        torch.manual_seed(4)
+        got, _ = tokenizer(inputs)
+        torch.manual_seed(4)
+        tokenizer.drop.eval()  # every token, then the same draw as in training
+        everything, _ = tokenizer(inputs)
+        tokenizer.drop.train()
+        keep = tokenizer.drop.keep(3, everything.shape[1] - 1, everything.device)
+        assert keep is not None
+        expected = torch.cat([everything[:, :1], take(everything[:, 1:], keep)], 1)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected)
 
 
 def test_anchor_encoder_holds_exactly_the_parameters_behind_the_anchor(

@@ -4,7 +4,8 @@ Each tokenizer does two things. `prepare` turns the collated batch's entry for i
 (uint8 frames, a waveform, caption strings) into the tensor the module consumes plus a validity
 mask (an all-zero video/audio or an empty caption means "missing"). The module call turns that
 tensor into tokens [n, 1 + L, D]: patch/word embeddings plus learned position embeddings,
-DropToken in training, and a learned aggregation token in front whose backbone output is the
+DropToken in training (the kept patches are taken before the projection, so dropped tokens cost
+nothing there), and a learned aggregation token in front whose backbone output is the
 modality's pooled feature.
 
 Parameters live in nn.Linear and nn.Embedding (positions and the aggregation token are looked up
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from harmonia.errors import ConfigError
 from harmonia.models.audio_features import LogMel, SpecAugment
 from harmonia.models.config import ModalityConfig
-from harmonia.models.droptoken import DropToken
+from harmonia.models.droptoken import DropToken, take
 from harmonia.models.stems import ConvStem
 from harmonia.models.vocab import WordTokenizer
 
@@ -129,8 +130,9 @@ class VideoTokenizer(ModalityTokenizer):
             + lookup(self.pos_h, gh, batch)[:, None, :, None]
             + lookup(self.pos_w, gw, batch)[:, None, None, :]
         )
-        tokens = self.proj(inputs) + pos.flatten(1, 3)
-        return self.with_aggregation(self.drop(tokens)), None
+        keep = self.drop.keep(batch, inputs.shape[1], inputs.device)
+        tokens = self.proj(take(inputs, keep)) + take(pos.flatten(1, 3), keep)
+        return self.with_aggregation(tokens), None
 
 
 class AudioTokenizer(ModalityTokenizer):
@@ -171,8 +173,10 @@ class AudioTokenizer(ModalityTokenizer):
             patches = _cells_to_patches(cells.unsqueeze(-1), (self.config.grid[0], 1, 1))
         else:
             patches = inputs.reshape(batch, self.config.grid[0], -1)
-        tokens = self.proj(patches) + lookup(self.pos, self.config.grid[0], batch)
-        return self.with_aggregation(self.drop(tokens)), None
+        keep = self.drop.keep(batch, patches.shape[1], patches.device)
+        pos = lookup(self.pos, self.config.grid[0], batch)
+        tokens = self.proj(take(patches, keep)) + take(pos, keep)
+        return self.with_aggregation(tokens), None
 
 
 class TextTokenizer(ModalityTokenizer):
