@@ -21,7 +21,8 @@ the peak memory growth once each is done);
 ``--keep-freed-memory`` keeps freed memory in the process between steps, as ``harmonia train``
 does on CPU (`harmonia.allocator`; `bench_allocator.py` compares both settings);
 ``--workload torch-transformer`` (or ``both``) times the tri-modal ``nn.TransformerEncoder`` of
-`torch_transformer` instead, a model written the way PyTorch users write one.
+`torch_transformer` instead, a model written the way PyTorch users write one;
+``--workload vatt-raw-patches`` (or ``all``) VATT tiny with VATT's linear patches (`RAW_PATCHES`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,26 @@ FLOOR = "floor: plain + M-1 passes"
 """The `floor_step` variant: no exact per-sample step on the same model can be faster."""
 FLOOR_WEIGHTS = "floor with weight grads"
 """`floor_step` with the extra losses' encoder weight gradients: the floor of materialized Grams."""
+RAW_PATCHES: dict[str, Any] = {
+    "modalities": {
+        "video": {"shape": [16, 64, 64, 3], "patch": [4, 16, 16], "drop_token": 0.25, "stem": None},
+        "audio": {
+            "shape": [32000],
+            "patch": [640],
+            "drop_token": 0.25,
+            "features": "raw",
+            "log_mel": None,
+        },
+    }
+}
+"""``--workload vatt-raw-patches``: VATT tiny as it was before the conv stem, the model the speed
+goals of docs/harmonizer.md were first measured on: VATT's linear voxel patches (4x16x16 of a
+16x64x64 clip) and 640-sample waveform patches (2 s at 16 kHz), DropToken 0.25 on both."""
+WORKLOADS = {
+    "both": ["vatt", "torch-transformer"],
+    "all": ["vatt", "vatt-raw-patches", "torch-transformer"],
+}
+"""``--workload`` names that run several workloads, one after the other."""
 
 
 def build(
@@ -336,9 +357,11 @@ def main() -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument(
         "--workload",
-        choices=["vatt", "torch-transformer", "both"],
+        choices=["vatt", "vatt-raw-patches", "torch-transformer", *WORKLOADS],
         default="vatt",
-        help="harmonia's VATT, or the tri-modal nn.TransformerEncoder of torch_transformer.py",
+        help="harmonia's VATT (shipped, or with VATT's raw-signal patches: RAW_PATCHES), the "
+        "tri-modal nn.TransformerEncoder of torch_transformer.py, or several (both: vatt and "
+        "torch-transformer; all: the three)",
     )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
@@ -364,12 +387,14 @@ def main() -> None:
         f"{args.clock} time, median of {args.repeats} interleaved repeats, "
         f"{'keep_freed_memory' if kept else 'default'} allocator"
     )
-    workloads = ["vatt", "torch-transformer"] if args.workload == "both" else [args.workload]
-    for workload in workloads:
+    for workload in WORKLOADS.get(args.workload, [args.workload]):
         for batch_size in args.batch_sizes:
-            if workload == "vatt":
-                title = f"VATT {args.size}"
-                model, objective, batch = build(batch_size, args.size)
+            if workload != "torch-transformer":
+                raw = workload == "vatt-raw-patches"
+                title = f"VATT {args.size}" + (", raw-signal patches" if raw else "")
+                model, objective, batch = build(
+                    batch_size, args.size, **(RAW_PATCHES if raw else {})
+                )
                 steps = variants(model, objective, batch, not args.no_torchjd)
                 steps[FLOOR] = floor_step(*vatt_pieces(model, objective, batch))
                 steps[FLOOR_WEIGHTS] = floor_step(*vatt_pieces(model, objective, batch), True)
@@ -388,7 +413,7 @@ def main() -> None:
             if not args.breakdown:
                 continue
             print(f"\n{title}, B={batch_size}, parameters space, pieces of one step (median)")
-            if workload == "vatt":
+            if workload != "torch-transformer":
                 pieces = vatt_pieces(model, objective, batch)
             else:
                 pieces = transformer_pieces(tri, inputs)

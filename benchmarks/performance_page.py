@@ -117,12 +117,14 @@ def benchmarks(data: str | None, source: str | None) -> dict[str, tuple[str, lis
         "harmonizer": (
             "Parameters space: speed floor, pieces of a step, memory",
             [
-                *["bench_harmonizer.py", "--workload", "both", "--batch-sizes", "32", "128"],
+                *["bench_harmonizer.py", "--workload", "all", "--batch-sizes", "32", "128"],
                 *["--repeats", "5", "--warmup", "1", "--no-torchjd", "--breakdown", "--memory"],
                 "--keep-freed-memory",
             ],
-            "VATT tiny (conv video stem) and the tri-modal `nn.TransformerEncoder` of "
-            "`benchmarks/torch_transformer.py`, with freed memory kept between steps as "
+            "VATT tiny (conv video stem), VATT tiny with VATT's raw-signal patches (the model "
+            "before the conv stem: `RAW_PATCHES` in the script) and the tri-modal "
+            "`nn.TransformerEncoder` of `benchmarks/torch_transformer.py`, with freed memory "
+            "kept between steps as "
             "`harmonia train` does on CPU (next section). The floor row is a plain step plus the "
             "M - 1 extra backward passes to the encoder's layer outputs that an exact per-sample "
             "step needs, with no Gram at all: no `parameters` step on that model can beat it. "
