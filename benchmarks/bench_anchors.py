@@ -15,11 +15,12 @@ tiny VATT (no optimizer step) and reported as a ratio to plain backward of the s
   is a lower bound of an Opacus route (a second loss would need a second pass, and the Gram).
 
 Each route runs on its own copy of the model (torchjd and Opacus keep hooks on the modules), on
-four VATT tiny variants: the shipped one (conv video stem), one with linear video patches, and
-the same two with modality-specific backbones (what torchjd and Opacus can run). A route that
-cannot run a model says why and is left out of that table.
+six VATT tiny variants: the shipped one (conv video stem), one with linear video patches, one
+with VATT's raw-signal patches (`bench_harmonizer.RAW_PATCHES`: the model before the conv stem),
+and the same three with modality-specific backbones (what torchjd and Opacus can run). A route
+that cannot run a model says why and is left out of that table.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_anchors.py --batch-sizes 32 128
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_anchors.py --batch-sizes 32 128 --keep-freed-memory
 
 Opacus is an optional extra (``pip install -c constraints.txt -e '.[bench]'``); without it
 that route is skipped and said so.
@@ -37,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench_harmonizer import anchor_grads, build, measure, report
+from bench_harmonizer import RAW_PATCHES, anchor_grads, build, measure, report
+from harmonia.allocator import keep_freed_memory
 from harmonia.harmonization import Harmonizer
 from harmonia.harmonization.methods import PCGrad
 from harmonia.losses import ContrastiveObjective
@@ -131,6 +133,11 @@ MODELS: dict[str, dict[str, Any]] = {
         "backbone": {"kind": "modality_specific"},
         "modalities": {"video": {"stem": None}},
     },
+    "tiny, raw-signal patches (before the stem)": RAW_PATCHES,
+    "tiny, modality-specific, raw-signal patches": {
+        **RAW_PATCHES,
+        "backbone": {"kind": "modality_specific"},
+    },
 }
 """Config overrides of each model; every route runs on each model it supports."""
 
@@ -153,11 +160,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="call harmonia.keep_freed_memory() first, as `harmonia train` does on CPU",
+    )
     args = parser.parse_args()
+    kept = args.keep_freed_memory and keep_freed_memory()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), train mode, forward + backward, "
-        f"cpu time, median of {args.repeats} interleaved repeats"
+        f"cpu time, median of {args.repeats} interleaved repeats, "
+        f"{'keep_freed_memory' if kept else 'default'} allocator"
     )
     if importlib.util.find_spec("opacus") is None:
         print("opacus is not installed (extra 'bench'): its route is skipped")

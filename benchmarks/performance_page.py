@@ -145,7 +145,7 @@ def benchmarks(data: str | None, source: str | None) -> dict[str, tuple[str, lis
         ),
         "anchors": (
             "Against the nearest public routes: torchjd autogram and Opacus",
-            ["bench_anchors.py", "--batch-sizes", "32", "128"],
+            ["bench_anchors.py", "--batch-sizes", "32", "128", "--keep-freed-memory"],
             "Each public library in the one configuration it supports (the script's docstring "
             "says which); Opacus is the optional `bench` extra.",
         ),
