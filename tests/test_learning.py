@@ -1,9 +1,12 @@
-"""The shipped demo model learns what the modalities share: a short run, judged on held-out clips.
+"""The shipped demo model learns what the modalities share: a whole demo run, judged on held-out clips.
 
-Slow (a few minutes on 2 cores): a suite that passes while the model learns nothing is not a
-working product, so this trains the `demo` config for a few hundred steps on a clean AV-MNIST-T
-and asserts clearly-above-chance digit retrieval and zero-shot accuracy on the unseen test
-speaker (chance: 0.10), and that the learning-health verdict says the text loss learned.
+Slow (about 5 minutes on 2 cores): a suite that passes while the model learns nothing is not a
+working product, so this trains the `demo` config for its own 1,000 steps on a clean AV-MNIST-T
+and asserts digit retrieval and zero-shot accuracy on the unseen test speaker far above chance
+(0.10), and that the learning-health verdict says the text loss learned. A 400-step run used to
+stand in for it, but that is the steep part of the learning curve: on the development machine
+of 2026-12-04 it scored zero-shot 0.26 against its bar of 0.3, where the same code reaches
+0.79 at 1,000 steps.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from harmonia.training.loop import train_named
 
 pytestmark = pytest.mark.slow
 
-STEPS = 400
+STEPS = 1000
+"""The demo config's own `train.steps`."""
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +54,8 @@ def test_demo_config_learns_the_digit_through_both_losses(
     text_to_video = result["retrieval"]["text->video"]["class"]["R@1"]
     audio_to_video = result["retrieval"]["audio->video"]["class"]["R@1"]
     probe_video = result["linear_probe"]["video/digit"]["accuracy"]
-    assert zero_shot >= 0.3, result["zero_shot"]
-    assert text_to_video >= 0.3, result["retrieval"]["text->video"]
-    assert probe_video >= 0.4, result["linear_probe"]
+    assert zero_shot >= 0.5, result["zero_shot"]
+    assert text_to_video >= 0.5, result["retrieval"]["text->video"]
+    assert probe_video >= 0.6, result["linear_probe"]
     if real_source_dir is not None:  # the built-in keypad tones are not FSDD speech
-        assert audio_to_video >= 0.2, result["retrieval"]["audio->video"]
+        assert audio_to_video >= 0.4, result["retrieval"]["audio->video"]
