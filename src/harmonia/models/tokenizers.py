@@ -130,9 +130,7 @@ class VideoTokenizer(ModalityTokenizer):
             + lookup(self.pos_h, gh, batch)[:, None, :, None]
             + lookup(self.pos_w, gw, batch)[:, None, None, :]
         )
-        keep = self.drop.keep(batch, inputs.shape[1], inputs.device)
-        tokens = self.proj(take(inputs, keep)) + take(pos.flatten(1, 3), keep)
-        return self.with_aggregation(tokens), None
+        return self.with_aggregation(_kept_tokens(self, inputs, pos.flatten(1, 3))), None
 
 
 class AudioTokenizer(ModalityTokenizer):
@@ -173,10 +171,8 @@ class AudioTokenizer(ModalityTokenizer):
             patches = _cells_to_patches(cells.unsqueeze(-1), (self.config.grid[0], 1, 1))
         else:
             patches = inputs.reshape(batch, self.config.grid[0], -1)
-        keep = self.drop.keep(batch, patches.shape[1], patches.device)
         pos = lookup(self.pos, self.config.grid[0], batch)
-        tokens = self.proj(take(patches, keep)) + take(pos, keep)
-        return self.with_aggregation(tokens), None
+        return self.with_aggregation(_kept_tokens(self, patches, pos)), None
 
 
 class TextTokenizer(ModalityTokenizer):
@@ -203,6 +199,15 @@ class TextTokenizer(ModalityTokenizer):
         real = inputs.ne(self.words.pad_id)
         mask = torch.cat([real.new_ones(batch, 1), real], dim=1)
         return self.with_aggregation(tokens), mask
+
+
+def _kept_tokens(
+    tokenizer: VideoTokenizer | AudioTokenizer, patches: Tensor, pos: Tensor
+) -> Tensor:
+    """``proj(patches) + pos`` [B, L', D] of the tokens the tokenizer's DropToken keeps; only the
+    kept patches are projected (the projection is row-wise, so this equals dropping its outputs)."""
+    keep = tokenizer.drop.keep(patches.shape[0], patches.shape[1], patches.device)
+    return tokenizer.proj(take(patches, keep)) + take(pos, keep)
 
 
 def _cells_to_patches(cells: Tensor, grid: tuple[int, ...]) -> Tensor:
