@@ -82,9 +82,14 @@ RAW_PATCHES: dict[str, Any] = {
 """``--workload vatt-raw-patches``: VATT tiny as it was before the conv stem, the model the speed
 goals of docs/harmonizer.md were first measured on: VATT's linear voxel patches (4x16x16 of a
 16x64x64 clip) and 640-sample waveform patches (2 s at 16 kHz), DropToken 0.25 on both."""
+VATT_WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vatt": ("", {}),
+    "vatt-raw-patches": (", raw-signal patches", RAW_PATCHES),
+}
+"""VATT ``--workload`` names: (title suffix, `build` overrides)."""
 WORKLOADS = {
     "both": ["vatt", "torch-transformer"],
-    "all": ["vatt", "vatt-raw-patches", "torch-transformer"],
+    "all": [*VATT_WORKLOADS, "torch-transformer"],
 }
 """``--workload`` names that run several workloads, one after the other."""
 
@@ -357,7 +362,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument(
         "--workload",
-        choices=["vatt", "vatt-raw-patches", "torch-transformer", *WORKLOADS],
+        choices=[*VATT_WORKLOADS, "torch-transformer", *WORKLOADS],
         default="vatt",
         help="harmonia's VATT (shipped, or with VATT's raw-signal patches: RAW_PATCHES), the "
         "tri-modal nn.TransformerEncoder of torch_transformer.py, or several (both: vatt and "
@@ -389,12 +394,10 @@ def main() -> None:
     )
     for workload in WORKLOADS.get(args.workload, [args.workload]):
         for batch_size in args.batch_sizes:
-            if workload != "torch-transformer":
-                raw = workload == "vatt-raw-patches"
-                title = f"VATT {args.size}" + (", raw-signal patches" if raw else "")
-                model, objective, batch = build(
-                    batch_size, args.size, **(RAW_PATCHES if raw else {})
-                )
+            if workload in VATT_WORKLOADS:
+                suffix, overrides = VATT_WORKLOADS[workload]
+                title = f"VATT {args.size}{suffix}"
+                model, objective, batch = build(batch_size, args.size, **overrides)
                 steps = variants(model, objective, batch, not args.no_torchjd)
                 steps[FLOOR] = floor_step(*vatt_pieces(model, objective, batch))
                 steps[FLOOR_WEIGHTS] = floor_step(*vatt_pieces(model, objective, batch), True)
@@ -413,7 +416,7 @@ def main() -> None:
             if not args.breakdown:
                 continue
             print(f"\n{title}, B={batch_size}, parameters space, pieces of one step (median)")
-            if workload != "torch-transformer":
+            if workload in VATT_WORKLOADS:
                 pieces = vatt_pieces(model, objective, batch)
             else:
                 pieces = transformer_pieces(tri, inputs)
